@@ -1,0 +1,1 @@
+"""Every fairseq / torch / numpy version shim of the package lives here, each with its reason."""
