@@ -1,0 +1,99 @@
+"""Audio reading with soundfile: 16 kHz mono float32, resampling and down-mixing counted.
+
+The models expect 16 kHz mono. Other sample rates are resampled (polyphase, ``scipy.signal.
+resample_poly``) and counted, or rejected when ``strict_sample_rate``. Multi-channel files are
+averaged to mono and counted, or rejected with ``multichannel="error"``. Counts are logged at the
+1st, 10th, 100th, ... occurrence in each process (data-loader workers are separate processes).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """A problem with one utterance's audio; the message names the manifest line."""
+
+
+class AudioCounters:
+    """Per-process counts of resampled and down-mixed files, logged at powers of ten."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def add(self, what: str, detail: str) -> None:
+        self.counts[what] += 1
+        n = self.counts[what]
+        if n == 10 ** int(round(math.log10(n))):
+            logger.warning(f"{what}: {n} file(s) so far in this process (latest: {detail})")
+
+
+COUNTERS = AudioCounters()
+
+
+def read_audio(
+    path: str,
+    where: str = "",
+    expected_samples: Optional[int] = None,
+    sample_rate: int = SAMPLE_RATE,
+    strict_sample_rate: bool = False,
+    multichannel: str = "downmix",
+) -> np.ndarray:
+    """Read one file as mono float32 in [-1, 1] at ``sample_rate``.
+
+    Args:
+        path: wav / flac / anything libsndfile reads.
+        where: ``manifest:line`` for error messages.
+        expected_samples: the manifest's ``n_samples`` (checked against the file's frame count,
+            before resampling; a mismatch means the manifest and the audio disagree).
+        strict_sample_rate: reject files whose rate differs instead of resampling them.
+        multichannel: ``downmix`` (average channels, counted) or ``error``.
+
+    Returns:
+        float32 array [n_samples'] (n_samples' = n_samples * sample_rate / file rate, rounded up).
+    """
+    tag = f"{where}: " if where else ""
+    try:
+        wav, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
+        raise AudioError(f"{tag}cannot read audio {path}: {e}") from e
+    n, channels = wav.shape
+    if n == 0:
+        raise AudioError(f"{tag}audio {path} is empty (0 samples); remove the line or fix the file")
+    if expected_samples is not None and n != expected_samples:
+        raise AudioError(
+            f"{tag}audio {path} has {n} samples but the manifest says {expected_samples}; "
+            "regenerate the manifest (n_samples = soundfile.info(path).frames)"
+        )
+    if channels > 1:
+        if multichannel == "error":
+            raise AudioError(f"{tag}audio {path} has {channels} channels; mono is expected (or allow --multichannel downmix)")
+        wav = wav.mean(axis=1, keepdims=True)
+        COUNTERS.add("down-mixed to mono", f"{path}, {channels} channels")
+    wav = wav[:, 0]
+    if sr != sample_rate:
+        if strict_sample_rate:
+            raise AudioError(
+                f"{tag}audio {path} is sampled at {sr} Hz, {sample_rate} Hz expected "
+                "(--strict-sample-rate is set; resample the corpus or drop the flag to resample on the fly)"
+            )
+        wav = resample(wav, sr, sample_rate)
+        COUNTERS.add(f"resampled to {sample_rate} Hz", f"{path}, {sr} Hz")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling of a 1-D signal [n] -> [ceil(n * sr_out / sr_in)]."""
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(wav.astype(np.float64), sr_out // g, sr_in // g).astype(np.float32)

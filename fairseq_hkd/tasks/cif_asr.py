@@ -1,0 +1,258 @@
+"""The ``cif_asr`` task: speech recognition from a manifest data directory.
+
+Data directory::
+
+    train.tsv valid.tsv ...     manifests (id, audio, n_samples, tgt_text[, speaker]), see data/manifest.py
+    dict.txt                    unit dictionary (<s>=0 is also the CTC blank, <pad>=1, </s>=2, <unk>=3)
+    cmvn.npz                    global CMVN stats (optional; fairseq-hkd-cmvn)
+    {split}.fbank.*             precomputed features (optional; fairseq-hkd-feature-store)
+    {split}.teacher.*           teacher store (optional; fairseq-hkd-extract-teacher)
+
+Usage::
+
+    fairseq-train data/synth --user-dir fairseq_hkd --task cif_asr --unit char \\
+        --arch cif_tiny --criterion cif --max-tokens 20000 ...
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from fairseq.data import Dictionary
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
+from fairseq_hkd.data.features import CMVN_TYPES, FeatureStore, build_cmvn
+from fairseq_hkd.data.manifest import read_manifest
+from fairseq_hkd.data.specaugment import SpecAugmentConfig
+from fairseq_hkd.data.units import UNIT_TYPES, Units, UnitsDecoder
+
+logger = logging.getLogger(__name__)
+
+AUTO_YES_NO = ChoiceEnum(["auto", "yes", "no"])
+
+
+@dataclass
+class CifAsrConfig(FairseqDataclass):
+    data: str = field(default="", metadata={"help": "data directory with {split}.tsv manifests and dict.txt"})
+    # units ------------------------------------------------------------------------------------
+    unit: ChoiceEnum(UNIT_TYPES) = field(
+        default="char", metadata={"help": "ASR units: characters, PLM WordPiece tokens, or sentencepiece pieces"}
+    )
+    tokenizer_dir: Optional[str] = field(
+        default=None, metadata={"help": "local PLM tokenizer directory (--unit wordpiece)"}
+    )
+    spm_model: Optional[str] = field(default=None, metadata={"help": "sentencepiece .model file (--unit spm)"})
+    lowercase: bool = field(default=False, metadata={"help": "lowercase transcripts (--unit char/spm)"})
+    dict_path: Optional[str] = field(default=None, metadata={"help": "unit dictionary (default: DATA/dict.txt)"})
+    max_unk_ratio: float = field(
+        default=0.0,
+        metadata={"help": "largest share of target symbols not in the dictionary (mapped to <unk>, counted); "
+                          "above it loading fails and names the lines"},
+    )
+    # audio / features ---------------------------------------------------------------------------
+    strict_sample_rate: bool = field(
+        default=False, metadata={"help": "reject audio not sampled at 16 kHz instead of resampling it (counted)"}
+    )
+    multichannel: ChoiceEnum(["downmix", "error"]) = field(
+        default="downmix", metadata={"help": "multi-channel audio: average the channels (counted) or fail"}
+    )
+    feature_store: AUTO_YES_NO = field(
+        default="auto",
+        metadata={"help": "read precomputed fbank from {split}.fbank.* (auto: when present; yes: required)"},
+    )
+    cmvn: ChoiceEnum(CMVN_TYPES) = field(
+        default="utterance", metadata={"help": "feature normalisation: global stats, per utterance, or none"}
+    )
+    cmvn_stats: Optional[str] = field(
+        default=None, metadata={"help": "global CMVN stats (default: DATA/cmvn.npz; fairseq-hkd-cmvn writes it)"}
+    )
+    # SpecAugment (training split only) ----------------------------------------------------------
+    spec_aug_freq_masks: int = field(default=2, metadata={"help": "SpecAugment: frequency masks"})
+    spec_aug_freq_width: int = field(default=27, metadata={"help": "SpecAugment: max frequency mask width (F)"})
+    spec_aug_time_masks: int = field(default=2, metadata={"help": "SpecAugment: time masks"})
+    spec_aug_time_width: int = field(default=50, metadata={"help": "SpecAugment: max time mask width (T)"})
+    spec_aug_adaptive_time_ratio: float = field(
+        default=0.0, metadata={"help": "SpecAugment: if > 0, cap time mask width at this share of the utterance"}
+    )
+    spec_aug_prob: float = field(default=1.0, metadata={"help": "SpecAugment: probability per utterance (0 = off)"})
+    # length filtering ---------------------------------------------------------------------------
+    max_source_frames: int = field(
+        default=3000, metadata={"help": "longest utterance in feature frames (10 ms); longer ones are filtered"}
+    )
+    min_source_frames: int = field(
+        default=8, metadata={"help": "shortest utterance in feature frames; shorter ones are filtered"}
+    )
+    max_target_length: int = field(default=1024, metadata={"help": "longest target in units (incl. </s>)"})
+    # teacher ------------------------------------------------------------------------------------
+    load_teacher: AUTO_YES_NO = field(
+        default="auto",
+        metadata={"help": "load the split's teacher store (auto: when present; yes: error when missing)"},
+    )
+    teacher_dir: Optional[str] = field(
+        default=None, metadata={"help": "directory of {split}.teacher.* stores (default: DATA)"}
+    )
+    # data loading -----------------------------------------------------------------------------
+    reuse_dataloader: bool = field(
+        default=False,
+        metadata={"help": "keep data-loader workers across epochs (they then keep epoch 1's dataset, so "
+                          "SpecAugment masks repeat every epoch); off by default"},
+    )
+    persistent_workers: bool = field(default=False, metadata={"help": "see --reuse-dataloader"})
+    # from other config groups ---------------------------------------------------------------------
+    train_subset: str = II("dataset.train_subset")
+    seed: int = II("common.seed")
+
+
+@register_task("cif_asr", dataclass=CifAsrConfig)
+class CifAsrTask(FairseqTask):
+    cfg: CifAsrConfig
+
+    def __init__(self, cfg: CifAsrConfig, tgt_dict: Dictionary, units: Units):
+        super().__init__(cfg)
+        self.tgt_dict = tgt_dict
+        self.units = units
+        self._teacher_dim: Optional[int] = None
+        self._teacher_identity: Optional[dict] = None
+        self.model_dim: Optional[int] = None  # set by build_model (decoder / CIF embedding width)
+
+    @classmethod
+    def setup_task(cls, cfg: CifAsrConfig, **kwargs):
+        if not cfg.data or not os.path.isdir(cfg.data):
+            raise FileNotFoundError(f"data directory {cfg.data!r} not found (first positional argument of fairseq-train)")
+        dict_path = cfg.dict_path or os.path.join(cfg.data, "dict.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(f"dictionary {dict_path} not found: build it with fairseq-hkd-build-dict")
+        tgt_dict = Dictionary.load(dict_path)
+        assert tgt_dict.bos() == 0 and tgt_dict.pad() == 1 and tgt_dict.eos() == 2 and tgt_dict.unk() == 3
+        units = Units(cfg.unit, dict_path=dict_path, tokenizer_dir=cfg.tokenizer_dir, spm_model=cfg.spm_model,
+                      lowercase=cfg.lowercase)
+        logger.info(f"dictionary {dict_path}: {len(tgt_dict)} types; units {cfg.unit}")
+        return cls(cfg, tgt_dict, units)
+
+    # dictionaries / sizes ------------------------------------------------------------------------
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self) -> Dictionary:
+        return self.tgt_dict
+
+    def max_positions(self):
+        return self.cfg.max_source_frames, self.cfg.max_target_length
+
+    def is_training_split(self, split: str) -> bool:
+        return split in self.cfg.train_subset.split(",")
+
+    # data ----------------------------------------------------------------------------------------
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        cfg = self.cfg
+        manifest = os.path.join(cfg.data, f"{split}.tsv")
+        entries = read_manifest(manifest)
+        targets = encode_targets(entries, self.units, self.tgt_dict, cfg.max_unk_ratio)
+        if cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split):
+            features = StoredFeatures(FeatureStore(cfg.data, split, manifest))
+            logger.info(f"{split}: features from the feature store")
+        elif cfg.feature_store == "yes":
+            raise FileNotFoundError(
+                f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
+                f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
+            )
+        else:
+            features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
+        cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
+        specaug = None
+        if self.is_training_split(split):
+            specaug = SpecAugmentConfig(
+                cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
+                cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
+            )
+        teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets])
+        self.datasets[split] = CifAsrDataset(
+            split, entries, targets, self.tgt_dict, features, cmvn, specaug, teacher,
+            shuffle=self.is_training_split(split), seed=cfg.seed,
+        )
+        logger.info(f"{split}: {len(entries)} utterances from {manifest}, SpecAugment "
+                    f"{'on' if self.datasets[split].specaugment else 'off'}, teacher {'on' if teacher else 'off'}")
+
+    def _open_teacher(self, split: str, utt_ids, target_lengths):
+        """The split's teacher store per --load-teacher (checked against the targets), or None."""
+        if self.cfg.load_teacher == "no":
+            return None
+        from fairseq_hkd.teacher import store as teacher_store  # other component; imported lazily
+
+        teacher_dir = self.cfg.teacher_dir or self.cfg.data
+        store = teacher_store.open_teacher_store(teacher_dir, split)
+        if store is None:
+            if self.cfg.load_teacher == "yes":
+                raise FileNotFoundError(
+                    f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
+                    f"run fairseq-hkd-extract-teacher for it"
+                )
+            return None
+        identity = getattr(teacher_store, "teacher_identity", lambda fp: None)(store.fingerprint)
+        store.check(utt_ids, target_lengths, self.units.fingerprint(), expected_plm=self._teacher_identity)
+        self._teacher_identity = self._teacher_identity or identity
+        self._teacher_dim = store.dim
+        return store
+
+    @property
+    def teacher_dim(self) -> Optional[int]:
+        """Width D of the teacher states (what the cif_hkd criterion projects to), or None without a
+        teacher. Known before the training split is loaded: the training split's store is peeked at."""
+        if self._teacher_dim is None and self.cfg.load_teacher != "no":
+            from fairseq_hkd.teacher.store import open_teacher_store
+
+            for split in self.cfg.train_subset.split(","):
+                store = open_teacher_store(self.cfg.teacher_dir or self.cfg.data, split)
+                if store is not None:
+                    self._teacher_dim = store.dim
+                    break
+        return self._teacher_dim
+
+    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        """Drop utterances outside [min_source_frames, max_source_frames] or with too long targets,
+        logging the count (fairseq's default only checks the upper bounds)."""
+        src, tgt = dataset.src_sizes[indices], dataset.tgt_sizes[indices]
+        max_src, max_tgt = max_positions if max_positions is not None else self.max_positions()
+        too_long = src > max_src
+        too_short = src < self.cfg.min_source_frames
+        tgt_long = tgt > max_tgt
+        bad = too_long | too_short | tgt_long
+        if bad.any():
+            first = dataset.entries[int(indices[bad][0])]
+            msg = (f"{dataset.split}: {int(bad.sum())} of {len(indices)} utterances outside the size limits "
+                   f"({int(too_long.sum())} longer than {max_src} frames, {int(too_short.sum())} shorter than "
+                   f"{self.cfg.min_source_frames} frames, {int(tgt_long.sum())} targets longer than {max_tgt}); "
+                   f"first: {first.where} ({first.id})")
+            if not ignore_invalid_inputs:
+                raise ValueError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length "
+                                       "or pass --skip-invalid-size-inputs-valid-test")
+            logger.warning(msg + "; skipped")
+        return indices[~bad]
+
+    # model / generation -------------------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        model = super().build_model(cfg, from_checkpoint)
+        for name in ("decoder_embed_dim", "encoder_embed_dim"):
+            if getattr(cfg, name, None):
+                self.model_dim = int(getattr(cfg, name))
+                break
+        return model
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
+        from fairseq_hkd.generation.cif_generator import build_cif_generator  # other component; lazily
+
+        return build_cif_generator(models, args, self.tgt_dict)
+
+    def build_bpe(self, args):
+        """The units decoder, so fairseq-generate prints (and scores) words, whatever --bpe says."""
+        return UnitsDecoder(self.units)
+
+    def build_tokenizer(self, args):
+        return None
