@@ -1,0 +1,362 @@
+"""Decoding for CIF models: batched beam search, greedy search and NAR argmax.
+
+``CifAsrTask.build_generator`` returns :func:`build_cif_generator`, so the stock command works::
+
+    fairseq-generate DATA --user-dir fairseq_hkd --task cif_asr --path ckpt.pt \\
+        --gen-subset test --beam 10 --scoring wer [--wer-char-level]
+
+Shape legend: B utterances, K beam size, N CIF tokens (max over the batch), C CIF channels,
+V vocabulary, T' encoder frames.
+
+How a CIF hypothesis is scored (the length is fixed by CIF, not predicted)
+-------------------------------------------------------------------------
+CIF fires ``L_b`` times for utterance b (fires + the inference tail rule, ``tail_threshold`` 0.5).
+The decoder runs exactly ``L_b`` steps; step i is conditioned on ``c_i`` and on the tokens chosen
+at steps < i. At every step the whole vocabulary competes except ``<s>`` (the CTC blank) and
+``<pad>``. In training the fire count equals the target length, so the last step is the one that
+predicts ``</s>``. At inference:
+
+* a hypothesis that picks ``</s>`` before step ``L_b - 1`` ends there (CIF fired too often); it
+  stays in the beam with a frozen score and cannot be extended;
+* a hypothesis still open after step ``L_b - 1`` gets ``</s>`` appended at no cost (CIF fired
+  too few times: the last real token is kept instead of being overwritten by a forced ``</s>``).
+
+``score`` is the sum of the natural-log probabilities of the tokens the decoder chose (no length
+normalisation: all open hypotheses of one utterance have the same number of steps);
+``positional_scores`` has one entry per returned token (0 for an appended ``</s>``).
+Beam search (beam 1 = greedy) keeps finished hypotheses inside the beam, so the search is a pure
+tensor program over the flattened ``[B * K]`` rows plus one Python loop over steps; utterances
+whose beams have all finished leave the batch (their incremental state is dropped).
+
+The non-autoregressive decoder (``decoder.autoregressive == False``) is decoded with one argmax
+pass over all ``L_b`` positions, truncated by the same ``</s>`` rules (one hypothesis per
+utterance whatever ``--beam`` says).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CifGenerator", "CifSearchResult", "build_cif_generator"]
+
+DEFAULT_TAIL_THRESHOLD = 0.5
+
+
+class CifSearchResult(NamedTuple):
+    """Raw search output, K' = nbest hypotheses per utterance sorted best first.
+
+    tokens            [B, K', N + 1] long   hypothesis tokens, each ends with </s>, pad after
+    lengths           [B, K'] long          tokens per hypothesis (incl. </s>); 0 for an empty slot
+    scores            [B, K'] float         summed log-probs (-inf for an empty slot)
+    positional_scores [B, K', N + 1] float  per-token log-probs, 0 at padding / appended </s>
+    """
+
+    tokens: Tensor
+    lengths: Tensor
+    scores: Tensor
+    positional_scores: Tensor
+
+
+@dataclass
+class CifDecodeOutput:
+    """Everything one decoding pass produced (used by transcription and plots).
+
+    hypos            per utterance, a list of hypothesis dicts (fairseq's format + "fires")
+    alpha            [B, T'] raw CIF weights (masked)
+    fire_mask        [B, T'] bool, frame t completed a token
+    encoder_lengths  [B] long, valid encoder frames
+    cif_lengths      [B] long, CIF tokens (fires + tail)
+    """
+
+    hypos: List[List[Dict]]
+    alpha: Tensor
+    fire_mask: Tensor
+    encoder_lengths: Tensor
+    cif_lengths: Tensor
+
+
+def build_cif_generator(models, args, tgt_dict) -> "CifGenerator":
+    """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
+
+    ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam`` and
+    ``nbest``; ``cif_tail_threshold`` when present (default 0.5).
+    """
+    beam = int(getattr(args, "beam", 1) or 1)
+    nbest = int(getattr(args, "nbest", 1) or 1)
+    tail = getattr(args, "cif_tail_threshold", None)
+    return CifGenerator(
+        models,
+        tgt_dict,
+        beam_size=beam,
+        nbest=nbest,
+        tail_threshold=DEFAULT_TAIL_THRESHOLD if tail is None else float(tail),
+    )
+
+
+class CifGenerator:
+    """Batched CIF decoding; ``generate(models, sample)`` follows fairseq's generator interface."""
+
+    def __init__(
+        self,
+        models,
+        tgt_dict,
+        beam_size: int = 10,
+        nbest: int = 1,
+        tail_threshold: Optional[float] = DEFAULT_TAIL_THRESHOLD,
+    ):
+        if len(models) != 1:
+            raise NotImplementedError(
+                f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
+                "differ between models. Average the checkpoints instead "
+                "(fairseq-hkd-average-checkpoints) and pass one --path."
+            )
+        if beam_size < 1 or nbest < 1:
+            raise ValueError(f"beam ({beam_size}) and nbest ({nbest}) must be >= 1")
+        if nbest > beam_size:
+            raise ValueError(f"--nbest {nbest} cannot exceed --beam {beam_size}")
+        self.model = models[0]
+        self.tgt_dict = tgt_dict
+        self.beam_size = beam_size
+        self.nbest = nbest
+        self.tail_threshold = tail_threshold
+        self.eos = tgt_dict.eos()
+        self.pad = tgt_dict.pad()
+        self.bos = tgt_dict.bos()
+        self.vocab_size = len(tgt_dict)
+        # fairseq-generate strips these from the H-/T- strings.
+        self.symbols_to_strip_from_output = {self.eos, self.bos}
+        self.autoregressive = bool(getattr(self.model.decoder, "autoregressive", True))
+        if not self.autoregressive and beam_size > 1:
+            logger.info("non-autoregressive decoder: argmax decoding, --beam %d ignored", beam_size)
+
+    # ------------------------------------------------------------------ fairseq interface
+    @torch.no_grad()
+    def generate(self, models, sample, prefix_tokens=None, constraints=None, **kwargs):
+        """fairseq's hook: ``sample["net_input"]`` -> per utterance a list of hypothesis dicts.
+
+        Each hypothesis: ``tokens`` (long, ends with </s>), ``score`` (float, natural log),
+        ``positional_scores`` (float, one per token), ``alignment`` (None) and ``fires``
+        (long [L_b]: encoder frame that completed each CIF token; the tail token gets the last
+        valid frame).
+        """
+        if prefix_tokens is not None:
+            raise NotImplementedError("--prefix-size is not supported by CIF decoding")
+        if constraints is not None:
+            raise NotImplementedError("--constraints is not supported by CIF decoding")
+        net_input = sample["net_input"]
+        return self.decode(net_input["src_tokens"], net_input["src_lengths"]).hypos
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(self, src_tokens: Tensor, src_lengths: Tensor) -> CifDecodeOutput:
+        """Encoder, CIF, search.  src_tokens [B, T, F] features, src_lengths [B] frames."""
+        model = self.model
+        model.eval()
+        encoder_out = model.forward_encoder(src_tokens, src_lengths)
+        alpha, cif_out = model.forward_cif(encoder_out, tail_threshold=self.tail_threshold)
+        embeddings, lengths = cif_out.embeddings, cif_out.lengths
+        if self.autoregressive:
+            result = self.beam_search(embeddings, lengths)
+        else:
+            result = self.nar_argmax(embeddings, lengths)
+        enc_lengths = encoder_out["encoder_lengths"]
+        fires = fire_frames(cif_out.fire_mask, lengths, enc_lengths)
+        hypos = self.to_hypos(result, fires)
+        return CifDecodeOutput(hypos, alpha, cif_out.fire_mask, enc_lengths, lengths)
+
+    def _lprobs(self, logits: Tensor) -> Tensor:
+        """logits [R, V] -> log-probs in float32 with <s> and <pad> forbidden."""
+        lprobs = F.log_softmax(logits.float(), dim=-1)
+        lprobs[:, self.bos] = float("-inf")
+        lprobs[:, self.pad] = float("-inf")
+        return lprobs
+
+    def beam_search(self, embeddings: Tensor, lengths: Tensor) -> CifSearchResult:
+        """Batched beam search; beam 1 is greedy search.
+
+        embeddings [B, N, C] CIF outputs, zero beyond lengths; lengths [B] long.
+        """
+        bsz, max_len, _ = embeddings.shape
+        K, V, device = self.beam_size, self.vocab_size, embeddings.device
+        decoder = self.model.decoder
+        n_steps = int(lengths.max().item()) if bsz > 0 else 0
+        width = n_steps + 2  # </s> start symbol + n_steps tokens + appended </s>
+
+        # Final buffers, indexed by global row b * K + k.
+        out_tokens = torch.full((bsz * K, width), self.pad, dtype=torch.long, device=device)
+        out_pos = torch.zeros(bsz * K, width - 1, device=device)
+        out_scores = torch.zeros(bsz * K, device=device)
+
+        # Active state: rows of the utterances still searching, flattened [B_a * K].
+        utt = torch.arange(bsz, device=device)  # active utterance ids
+        row_len = lengths.repeat_interleave(K)  # [B_a * K]
+        emb = embeddings.repeat_interleave(K, dim=0)  # [B_a * K, N, C]
+        pad_mask = torch.arange(max_len, device=device)[None, :] >= row_len[:, None]
+        tokens = out_tokens.clone()
+        tokens[:, 0] = self.eos
+        pos = out_pos.clone()
+        # Only beam 0 is live at the start, so the first step does not duplicate hypotheses.
+        scores = torch.full((bsz, K), float("-inf"), device=device)
+        scores[:, 0] = 0.0
+        scores = scores.view(-1)
+        finished = row_len == 0
+        tokens[finished, 1] = self.eos  # no fires: the hypothesis is just </s>
+        incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
+        # Candidate row of a finished hypothesis: only <pad> (stay as is), at no cost.
+        stay = torch.full((V,), float("-inf"), device=device)
+        stay[self.pad] = 0.0
+
+        for step in range(n_steps):
+            # 1. Drop utterances whose beams have all finished.
+            done = finished.view(-1, K).all(dim=1)
+            if done.any():
+                self._write_back(done, utt, K, tokens, pos, scores, out_tokens, out_pos, out_scores)
+                keep_utt = (~done).nonzero().squeeze(1)
+                if keep_utt.numel() == 0:
+                    utt = utt[:0]
+                    break
+                keep = (keep_utt[:, None] * K + torch.arange(K, device=device)).view(-1)
+                utt, row_len, emb, pad_mask = utt[keep_utt], row_len[keep], emb[keep], pad_mask[keep]
+                tokens, pos, scores, finished = tokens[keep], pos[keep], scores[keep], finished[keep]
+                self._reorder(decoder, incremental_state, keep)
+            n_active = utt.numel()
+
+            # 2. One decoder step for every active row (conditioned on c_0 .. c_step).
+            logits, _ = decoder(
+                tokens[:, : step + 1],
+                emb[:, : step + 1],
+                pad_mask[:, : step + 1],
+                incremental_state=incremental_state,
+            )
+            lprobs = self._lprobs(logits[:, -1, :])
+            lprobs = torch.where(finished[:, None], stay[None, :], lprobs)
+
+            # 3. Best K continuations of each utterance among its K * V candidates.
+            cand = (scores[:, None] + lprobs).view(n_active, K * V)
+            top_scores, top_idx = cand.topk(K, dim=1)
+            src_beam = torch.div(top_idx, V, rounding_mode="floor")
+            new_tok = (top_idx % V).view(-1)
+            order = (torch.arange(n_active, device=device)[:, None] * K + src_beam).view(-1)
+            top_scores = top_scores.view(-1)
+
+            # 4. Reorder the state to the chosen parents and append the chosen tokens.
+            tokens, pos, finished = tokens[order], pos[order], finished[order]
+            self._reorder(decoder, incremental_state, order)
+            pos[:, step] = torch.where(finished, pos.new_zeros(()), top_scores - scores[order])
+            tokens[:, step + 1] = new_tok
+            scores = top_scores
+
+            # 5. Finish on </s>, or after the last CIF step (</s> appended at no cost).
+            last = row_len == step + 1
+            newly = ~finished & ((new_tok == self.eos) | last)
+            append = newly & (new_tok != self.eos)
+            tokens[:, step + 2] = torch.where(append, self.eos, tokens[:, step + 2])
+            finished = finished | newly
+
+        if utt.numel() > 0:
+            done = torch.ones(utt.numel(), dtype=torch.bool, device=device)
+            self._write_back(done, utt, K, tokens, pos, scores, out_tokens, out_pos, out_scores)
+        return self._select_nbest(out_tokens, out_pos, out_scores, bsz, K)
+
+    @staticmethod
+    def _write_back(done, utt, K, tokens, pos, scores, out_tokens, out_pos, out_scores):
+        """Copy the rows of the finished utterances ``done`` [B_a] into the final buffers."""
+        local = (done.nonzero().squeeze(1)[:, None] * K + torch.arange(K, device=done.device)).view(-1)
+        glob = (utt[done][:, None] * K + torch.arange(K, device=done.device)).view(-1)
+        out_tokens[glob] = tokens[local]
+        out_pos[glob] = pos[local]
+        out_scores[glob] = scores[local]
+
+    @staticmethod
+    def _reorder(decoder, incremental_state, order: Tensor) -> None:
+        if not incremental_state:
+            return
+        if hasattr(decoder, "reorder_incremental_state_scripting"):
+            decoder.reorder_incremental_state_scripting(incremental_state, order)
+        else:
+            decoder.reorder_incremental_state(incremental_state, order)
+
+    def _select_nbest(self, tokens, pos, scores, bsz, K) -> CifSearchResult:
+        """[B * K] rows -> the nbest per utterance, best first, with token counts."""
+        width = tokens.size(1)
+        scores = scores.view(bsz, K)
+        best, idx = scores.topk(self.nbest, dim=1)
+        rows = (torch.arange(bsz, device=scores.device)[:, None] * K + idx).view(-1)
+        tok = tokens[rows, 1:].view(bsz, self.nbest, width - 1)
+        pos = pos[rows].view(bsz, self.nbest, width - 1)
+        # Length = up to and including the first </s>.
+        is_eos = tok == self.eos
+        n = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, torch.zeros_like(best, dtype=torch.long))
+        n = torch.where(torch.isfinite(best), n, torch.zeros_like(n))
+        return CifSearchResult(tok, n, best, pos)
+
+    def nar_argmax(self, embeddings: Tensor, lengths: Tensor) -> CifSearchResult:
+        """Non-autoregressive decoding: argmax at every CIF position, one hypothesis each."""
+        bsz, max_len, _ = embeddings.shape
+        device = embeddings.device
+        pad_mask = torch.arange(max_len, device=device)[None, :] >= lengths[:, None]
+        prev = torch.full((bsz, max_len), self.eos, dtype=torch.long, device=device)
+        logits, _ = self.model.decoder(prev, embeddings, pad_mask, incremental_state=None)
+        lprobs = F.log_softmax(logits.float(), dim=-1)
+        lprobs[..., self.bos] = float("-inf")
+        lprobs[..., self.pad] = float("-inf")
+        best, tok = lprobs.max(dim=-1)  # [B, N]
+        tok = tok.masked_fill(pad_mask, self.pad)
+        # Cut after the first </s>; append </s> where none was predicted.
+        is_eos = tok == self.eos
+        first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), lengths)
+        keep = torch.arange(max_len, device=device)[None, :] <= first_eos[:, None]
+        keep &= ~pad_mask
+        tok = torch.cat([tok.masked_fill(~keep, self.pad), tok.new_full((bsz, 1), self.pad)], 1)
+        pos = torch.cat([best.masked_fill(~keep, 0.0), best.new_zeros(bsz, 1)], 1)
+        n = torch.where(is_eos.any(1), first_eos + 1, lengths + 1)
+        tok[torch.arange(bsz, device=device), n - 1] = self.eos
+        return CifSearchResult(tok[:, None], n[:, None], pos.sum(1)[:, None], pos[:, None])
+
+    # ------------------------------------------------------------------ output
+    def to_hypos(self, result: CifSearchResult, fires: List[Tensor]) -> List[List[Dict]]:
+        """CifSearchResult -> fairseq's list (per utterance) of lists of hypothesis dicts."""
+        tokens, lengths = result.tokens.cpu(), result.lengths.cpu().tolist()
+        scores, pos = result.scores.cpu().tolist(), result.positional_scores.cpu()
+        hypos = []
+        for b in range(tokens.size(0)):
+            utt = []
+            for k in range(tokens.size(1)):
+                n = lengths[b][k]
+                if n == 0:  # an empty slot (fewer distinct hypotheses than --nbest)
+                    continue
+                utt.append(
+                    {
+                        "tokens": tokens[b, k, :n].clone(),
+                        "score": scores[b][k],
+                        "positional_scores": pos[b, k, :n].clone(),
+                        "alignment": None,
+                        "fires": fires[b],
+                    }
+                )
+            hypos.append(utt)
+        return hypos
+
+
+def fire_frames(fire_mask: Tensor, cif_lengths: Tensor, encoder_lengths: Tensor) -> List[Tensor]:
+    """Frame index that completed each CIF token, per utterance (CPU long tensors [L_b]).
+
+    fire_mask [B, T'] bool; cif_lengths [B] (fires + tail); encoder_lengths [B]. A tail token
+    (one more token than fires) is placed at the last valid encoder frame.
+    """
+    fire_mask, cif_lengths, encoder_lengths = fire_mask.cpu(), cif_lengths.cpu(), encoder_lengths.cpu()
+    out = []
+    for b in range(fire_mask.size(0)):
+        f = fire_mask[b, : int(encoder_lengths[b])].nonzero().squeeze(1)
+        n = int(cif_lengths[b])
+        if n > f.numel():
+            f = torch.cat([f, f.new_full((n - f.numel(),), max(int(encoder_lengths[b]) - 1, 0))])
+        out.append(f[:n])
+    return out

@@ -1,0 +1,241 @@
+"""CIF search (fairseq_hkd.generation.cif_generator) against independent references.
+
+A small mock model implements the model contract of docs/DESIGN.md (forward_encoder, forward_cif,
+an incremental decoder with reorder_incremental_state); its decoder output at step i depends on
+every earlier token, so beam reordering mistakes change the result. References recompute every
+prefix from scratch in float64 (no incremental state, one utterance at a time).
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+from fairseq.models import FairseqIncrementalDecoder
+
+from fairseq_hkd.generation.cif_generator import CifGenerator
+from fairseq_hkd.ops.cif import CifOutput
+
+
+def make_dict(n_symbols):
+    d = Dictionary()
+    for i in range(n_symbols):
+        d.add_symbol(chr(ord("a") + i))
+    return d
+
+
+class MockDecoder(FairseqIncrementalDecoder):
+    """h_i = tanh(sum_{j<=i} E[prev_j] + W c_i), logits = h_i U (float64 weights)."""
+
+    def __init__(self, dictionary, dim, seed, autoregressive=True):
+        super().__init__(dictionary)
+        g = torch.Generator().manual_seed(seed)
+        V = len(dictionary)
+        self.embed = torch.nn.Parameter(torch.randn(V, dim, generator=g, dtype=torch.float64), requires_grad=False)
+        self.w = torch.nn.Parameter(torch.randn(dim, dim, generator=g, dtype=torch.float64), requires_grad=False)
+        self.u = torch.nn.Parameter(2 * torch.randn(dim, V, generator=g, dtype=torch.float64), requires_grad=False)
+        self.autoregressive = autoregressive
+        self.calls = 0
+
+    def forward(self, prev_output_tokens, cif, cif_padding_mask, incremental_state=None):
+        self.calls += 1
+        if not self.autoregressive:
+            prev_output_tokens = torch.full_like(prev_output_tokens, self.dictionary.eos())
+        emb = self.embed[prev_output_tokens]
+        if incremental_state is not None:
+            state = self.get_incremental_state(incremental_state, "sum")
+            s = emb[:, -1] if state is None else state["s"] + emb[:, -1]
+            self.set_incremental_state(incremental_state, "sum", {"s": s})
+            s, cif = s[:, None], cif[:, -1:]
+        else:
+            s = emb.cumsum(1)
+        h = torch.tanh(s + cif.double() @ self.w)
+        return h @ self.u, {"states": h}
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        state = self.get_incremental_state(incremental_state, "sum")
+        if state is not None:
+            state["s"] = state["s"].index_select(0, new_order)
+            self.set_incremental_state(incremental_state, "sum", state)
+
+
+class MockModel(torch.nn.Module):
+    """src_tokens [B, T, C] are used directly as the CIF embeddings (one token per frame)."""
+
+    def __init__(self, dictionary, dim=6, seed=0, autoregressive=True):
+        super().__init__()
+        self.decoder = MockDecoder(dictionary, dim, seed, autoregressive)
+
+    def forward_encoder(self, src_tokens, src_lengths):
+        mask = torch.arange(src_tokens.size(1))[None, :] >= src_lengths[:, None]
+        return {"encoder_out": src_tokens, "encoder_padding_mask": mask, "encoder_lengths": src_lengths}
+
+    def forward_cif(self, encoder_out, target_lengths=None, tail_threshold=None):
+        h, lengths = encoder_out["encoder_out"], encoder_out["encoder_lengths"]
+        valid = ~encoder_out["encoder_padding_mask"]
+        emb = h * valid[..., None]
+        out = CifOutput(emb, lengths, valid, torch.arange(h.size(1)).expand(h.size(0), -1) * valid)
+        return valid.float(), out
+
+
+def make_batch(lengths, dim=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(int(lengths.max()), 1), dim, generator=g)
+    x = x * (torch.arange(x.size(1))[None, :] < lengths[:, None])[..., None]
+    return x, lengths
+
+
+def step_lprobs(model, c, prefix):
+    """float64 log-probs of the next token after ``prefix`` (starting with </s>), from scratch."""
+    d = model.decoder.dictionary
+    tokens = torch.tensor([prefix])
+    logits, _ = model.decoder(tokens, c[None, : len(prefix)], None)
+    lp = torch.log_softmax(logits[0, -1], -1)
+    lp[d.bos()] = -math.inf
+    lp[d.pad()] = -math.inf
+    return lp
+
+
+def all_hypotheses(model, c, L):
+    """Every hypothesis under the documented rules, with its float64 score (brute force)."""
+    d = model.decoder.dictionary
+    allowed = [i for i in range(len(d)) if i not in (d.bos(), d.pad())]
+    out = {}
+    for m in range(1, L + 1):
+        for seq in itertools.product(allowed, repeat=m):
+            if d.eos() in seq[:-1] or (m < L and seq[-1] != d.eos()):
+                continue
+            prefix, score = [d.eos()], 0.0
+            for tok in seq:
+                score += float(step_lprobs(model, c, prefix)[tok])
+                prefix.append(tok)
+            toks = list(seq) if seq[-1] == d.eos() else list(seq) + [d.eos()]
+            out[tuple(toks)] = score
+    if L == 0:
+        out[(d.eos(),)] = 0.0
+    return sorted(out.items(), key=lambda kv: -kv[1])
+
+
+def greedy_reference(model, c, L):
+    d = model.decoder.dictionary
+    prefix, scores = [d.eos()], []
+    for _ in range(L):
+        lp = step_lprobs(model, c, prefix)
+        tok = int(lp.argmax())
+        prefix.append(tok)
+        scores.append(float(lp[tok]))
+        if tok == d.eos():
+            break
+    if prefix[-1] != d.eos() or len(prefix) == 1:
+        prefix.append(d.eos())
+        scores.append(0.0)
+    return prefix[1:], scores
+
+
+def run(model, d, x, lengths, beam, nbest=1):
+    gen = CifGenerator([model], d, beam_size=beam, nbest=nbest)
+    return gen.generate([model], {"net_input": {"src_tokens": x, "src_lengths": lengths}})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_matches_reference_loop(seed):
+    d = make_dict(8)
+    model = MockModel(d, seed=seed)
+    x, lengths = make_batch([5, 0, 3, 7, 1], seed=seed)
+    hypos = run(model, d, x, lengths, beam=1)
+    for b in range(len(lengths)):
+        ref_tokens, ref_scores = greedy_reference(model, x[b], int(lengths[b]))
+        (h,) = hypos[b]
+        assert h["tokens"].tolist() == ref_tokens
+        assert h["tokens"][-1] == d.eos()
+        torch.testing.assert_close(h["positional_scores"].double(), torch.tensor(ref_scores, dtype=torch.float64), atol=1e-4, rtol=0)
+        assert h["score"] == pytest.approx(sum(ref_scores), abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_exhaustive_beam_equals_brute_force(seed):
+    d = make_dict(3)  # allowed tokens: </s>, <unk>, a, b, c
+    model = MockModel(d, seed=seed)
+    x, lengths = make_batch([3, 1, 2, 0], seed=seed)
+    nbest = 4
+    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest)
+    for b in range(len(lengths)):
+        ref = all_hypotheses(model, x[b], int(lengths[b]))[:nbest]
+        got = [(tuple(h["tokens"].tolist()), h["score"]) for h in hypos[b]]
+        assert [t for t, _ in got] == [t for t, _ in ref]
+        for (_, s), (_, rs) in zip(got, ref):
+            assert s == pytest.approx(rs, abs=1e-4)
+
+
+def test_batch_equals_one_by_one():
+    """Different lengths in one batch (utterances leave the batch at their own step count)."""
+    d = make_dict(10)
+    model = MockModel(d, seed=5)
+    x, lengths = make_batch([6, 2, 0, 9, 4, 4], seed=5)
+    batch = run(model, d, x, lengths, beam=4, nbest=3)
+    for b in range(len(lengths)):
+        L = int(lengths[b])
+        alone = run(model, d, x[b : b + 1, : max(L, 1)], lengths[b : b + 1], beam=4, nbest=3)[0]
+        assert [h["tokens"].tolist() for h in batch[b]] == [h["tokens"].tolist() for h in alone]
+        assert [h["score"] for h in batch[b]] == pytest.approx([h["score"] for h in alone], abs=1e-5)
+
+
+def test_steps_equal_fire_count():
+    d = make_dict(6)
+    model = MockModel(d, seed=2)
+    x, lengths = make_batch([4, 7, 2], seed=2)
+    model.decoder.calls = 0
+    run(model, d, x, lengths, beam=3)
+    assert model.decoder.calls <= 7
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_beam_not_below_greedy(seed):
+    d = make_dict(12)
+    model = MockModel(d, seed=seed)
+    x, lengths = make_batch([8, 5, 6], seed=seed)
+    greedy = run(model, d, x, lengths, beam=1)
+    beam = run(model, d, x, lengths, beam=10)
+    for g, k in zip(greedy, beam):
+        assert k[0]["score"] >= g[0]["score"] - 1e-5
+
+
+def test_hypothesis_format():
+    d = make_dict(6)
+    model = MockModel(d, seed=4)
+    x, lengths = make_batch([5, 3], seed=4)
+    hypos = run(model, d, x, lengths, beam=4, nbest=4)
+    for b, utt in enumerate(hypos):
+        assert len(utt) == 4
+        assert [h["score"] for h in utt] == sorted((h["score"] for h in utt), reverse=True)
+        for h in utt:
+            assert h["tokens"].dtype == torch.long and h["tokens"][-1] == d.eos()
+            assert (h["tokens"][:-1] != d.eos()).all()
+            assert len(h["positional_scores"]) == len(h["tokens"])
+            assert h["score"] == pytest.approx(float(h["positional_scores"].sum()), abs=1e-4)
+            assert h["alignment"] is None
+            assert h["fires"].tolist() == list(range(int(lengths[b])))
+
+
+def test_nar_argmax():
+    d = make_dict(5)
+    model = MockModel(d, seed=6, autoregressive=False)
+    x, lengths = make_batch([6, 3, 0], seed=6)
+    hypos = run(model, d, x, lengths, beam=5)
+    for b in range(len(lengths)):
+        L = int(lengths[b])
+        eos_prefix = [d.eos()] * (L + 1)
+        logits, _ = model.decoder(torch.tensor([eos_prefix[:L]], dtype=torch.long), x[b : b + 1, :L], None)
+        lp = torch.log_softmax(logits[0], -1)
+        lp[:, d.bos()] = lp[:, d.pad()] = -math.inf
+        ref = lp.argmax(-1).tolist()
+        ref = ref[: ref.index(d.eos()) + 1] if d.eos() in ref else ref + [d.eos()]
+        (h,) = hypos[b]
+        assert h["tokens"].tolist() == ref
+
+
+def test_ensemble_rejected():
+    d = make_dict(3)
+    with pytest.raises(NotImplementedError, match="average"):
+        CifGenerator([MockModel(d), MockModel(d)], d)
