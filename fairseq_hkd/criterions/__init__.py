@@ -1,1 +1,2 @@
-"""criterions."""
+"""Criterions: importing registers ``cif`` (and ``cif_hkd`` once present)."""
+from fairseq_hkd.criterions import cif  # noqa: F401

@@ -1,0 +1,137 @@
+"""The ``cif`` criterion: label-smoothed CE + CTC + quantity loss.
+
+    loss = ce_weight * CE_ls(decoder) + ctc_weight * CTC(encoder) + quantity_weight * sum_b |sum alpha - S_b|
+
+every term summed over the batch in float32; fairseq divides by sample_size (= ntokens). The decoder
+is teacher-forced on CIF embeddings from weights scaled to fire exactly S_b tokens (the model
+raises if they do not). Subclasses (``cif_hkd``) add terms: :meth:`CifCriterion.compute_terms`
+returns the named terms and the net output, ``self.weights`` maps term names to weights.
+
+Usage::
+
+    fairseq-train DATA --user-dir fairseq_hkd --task cif_asr --arch cif_tiny \\
+        --criterion cif --label-smoothing 0.1 --ctc-weight 0.5 --quantity-weight 1.0 ...
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from omegaconf import II
+
+from fairseq_hkd.criterions import losses
+
+__all__ = ["CifCriterion", "CifCriterionConfig"]
+
+
+@dataclass
+class CifCriterionConfig(FairseqDataclass):
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing epsilon of the decoder CE"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the decoder cross-entropy"})
+    ctc_weight: float = field(default=0.5, metadata={"help": "weight of the CTC loss on the encoder (0 = off)"})
+    quantity_weight: float = field(default=1.0, metadata={"help": "weight of the CIF quantity loss"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion("cif", dataclass=CifCriterionConfig)
+class CifCriterion(FairseqCriterion):
+    # logged terms expressed in bits per token, like fairseq's loss/nll_loss; others per token
+    BASE2_KEYS = ("loss", "nll_loss", "ce_loss", "ctc_loss")
+
+    def __init__(self, cfg: CifCriterionConfig, task):
+        super().__init__(task)
+        for name in ("ce_weight", "ctc_weight", "quantity_weight"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+        self.cfg = cfg
+        self.eps = cfg.label_smoothing
+        self.sentence_avg = cfg.sentence_avg
+        self.blank_idx = task.target_dictionary.bos()
+        self.eos_idx = task.target_dictionary.eos()
+        self.weights: Dict[str, float] = {"ce": cfg.ce_weight, "ctc": cfg.ctc_weight, "quantity": cfg.quantity_weight}
+
+    # 1. the terms -----------------------------------------------------------------------------
+    def compute_terms(self, model, sample) -> Tuple[Dict[str, torch.Tensor], Dict[str, object], Dict[str, object]]:
+        """-> (terms {"ce", "nll", "ctc", "quantity"}: summed float32 losses,
+               net_output (the model's dict), stats: summable counts for the log)."""
+        target, target_lengths = sample["target"], sample["target_lengths"]
+        net_output = model(**sample["net_input"], target_lengths=target_lengths)
+        # 1a. decoder CE (teacher forcing; N == S is guaranteed by the model)
+        ce, nll = losses.label_smoothed_ce(net_output["decoder_logits"], target, self.eps, self.padding_idx)
+        terms = {"ce": ce, "nll": nll}
+        # 1b. CTC on the encoder
+        stats: Dict[str, object] = {}
+        if self.weights["ctc"] > 0:
+            terms["ctc"], infeasible = losses.ctc_loss(
+                net_output["ctc_logits"], net_output["encoder_lengths"], target, self.padding_idx,
+                self.eos_idx, self.blank_idx)
+            stats["ctc_infeasible"] = int(infeasible.sum())
+        # 1c. quantity on the raw weights
+        alpha = net_output["alpha"]
+        terms["quantity"] = losses.quantity_loss(alpha, target_lengths)
+        cif = model.cif
+        predicted = losses.predicted_token_counts(alpha.detach(), cif.threshold, cif.tail_threshold)
+        stats["fire_correct"] = int((predicted == target_lengths.to(predicted)).sum())
+        # 1d. teacher-forced token errors (validation only)
+        if not model.training:
+            errors, total = losses.token_errors(net_output["decoder_logits"], target, self.padding_idx)
+            stats["tf_errors"], stats["tf_total"] = int(errors), int(total)
+        return terms, net_output, stats
+
+    def weighted_loss(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[name] * value for name, value in terms.items() if name in self.weights)
+
+    # 2. fairseq interface ----------------------------------------------------------------------
+    def forward(self, model, sample, reduce=True):
+        terms, _, stats = self.compute_terms(model, sample)
+        loss = self.weighted_loss(terms)
+        sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": utils.item(loss.data),
+            "nll_loss": utils.item(terms["nll"].data),
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+            **{f"{name}_loss": utils.item(value.data) for name, value in terms.items() if name != "nll"},
+            **stats,
+        }
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs: List[Dict[str, object]]) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = total("sample_size")
+        ntokens = total("ntokens")
+        keys = sorted({k for log in logging_outputs for k in log if k.endswith("_loss") or k == "loss"})
+        for key in keys:
+            denom = ntokens if key == "nll_loss" else sample_size
+            value = total(key) / max(denom, 1)
+            if key in cls.BASE2_KEYS:
+                value /= math.log(2)
+            metrics.log_scalar(key, value, denom, round=3)
+        metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
+        for key in ("nsentences", "ntokens", "fire_correct", "ctc_infeasible", "tf_errors", "tf_total"):
+            if any(key in log for log in logging_outputs):
+                metrics.log_scalar_sum(f"_{key}", total(key))
+        if any("fire_correct" in log for log in logging_outputs):
+            metrics.log_derived("fire_acc", lambda m: _ratio(m, "_fire_correct", "_nsentences", 100))
+        if any("tf_total" in log for log in logging_outputs):
+            metrics.log_derived("tf_ter", lambda m: _ratio(m, "_tf_errors", "_tf_total", 100))
+        if any("ctc_infeasible" in log for log in logging_outputs):
+            metrics.log_derived("ctc_infeasible", lambda m: m["_ctc_infeasible"].sum)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+def _ratio(meters, num: str, den: str, scale: float) -> float:
+    d = meters[den].sum
+    return round(scale * meters[num].sum / d, 3) if d > 0 else float("nan")
