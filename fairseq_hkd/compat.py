@@ -1,1 +1,79 @@
-"""Every fairseq / torch / numpy version shim of the package lives here, each with its reason."""
+"""Every fairseq / torch / numpy version shim of the package lives here, each with its reason.
+
+Imported first by ``fairseq_hkd/__init__.py``, so the shims are in place before fairseq-train,
+fairseq-generate or a Python user touch a checkpoint or a batch.
+"""
+import argparse
+import logging
+from typing import List
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# 1. Checkpoints under torch.load(weights_only=True) -------------------------------------------------
+# Reason: torch >= 2.6 loads with weights_only=True by default and fairseq 0.12's load_checkpoint_to_cpu
+# calls torch.load without the argument; fairseq checkpoints pickle an argparse.Namespace ("args", and
+# cfg.model for argparse-registered archs), numpy scalars/dtypes (best/val loss in extra_state) and, from
+# some code paths, omegaconf containers. We allow exactly these types instead of weights_only=False.
+def _safe_checkpoint_globals() -> List:
+    """The non-tensor types found in fairseq 0.12 checkpoints (checked by tests/test_compat.py)."""
+    safe = [argparse.Namespace, np.dtype, np.ndarray]
+    # numpy scalars pickle as numpy.core.multiarray.scalar(dtype, bytes) (numpy._core in numpy 2).
+    try:
+        from numpy._core.multiarray import scalar as np_scalar, _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar as np_scalar, _reconstruct
+    safe += [np_scalar, _reconstruct]
+    # numpy >= 1.25 pickles dtypes via their classes (numpy.dtypes.Float64DType, ...).
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    # omegaconf containers and their node/metadata types (cfg objects pickled by older fairseq paths).
+    try:
+        import omegaconf
+        from omegaconf import nodes
+        from omegaconf.base import ContainerMetadata, Metadata
+
+        safe += [omegaconf.DictConfig, omegaconf.ListConfig, ContainerMetadata, Metadata, nodes.AnyNode,
+                 nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, nodes.EnumNode]
+    except ImportError:
+        pass
+    # fairseq's ChoiceEnum values (e.g. cfg.task.unit) when a cfg is pickled without enum_to_str.
+    try:
+        from fairseq.dataclass.constants import StrEnum
+
+        safe.append(StrEnum)
+    except ImportError:
+        pass
+    return safe
+
+
+def allow_fairseq_checkpoints() -> None:
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch >= 2.4; older torch loads everything anyway
+        add(_safe_checkpoint_globals())
+
+
+def allow_enum_class(enum_cls) -> None:
+    """Allow one more enum class (fairseq ChoiceEnums are created dynamically per config field)."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:
+        add([enum_cls])
+
+
+allow_fairseq_checkpoints()
+
+
+# 2. Batching keeps the last batch -----------------------------------------------------------------
+# Reason: fairseq 0.12's data_utils.batch_by_size drops the final batch when its size is not a
+# multiple of --required-batch-size-multiple (default 8), silently losing validation / test
+# utterances (and the same shortest training utterances every epoch). We put them back.
+def batch_by_size_keep_remainder(batches: List[np.ndarray], indices: np.ndarray) -> List[np.ndarray]:
+    """``batches``: fairseq's consecutive partition of ``indices`` (possibly missing its tail)."""
+    covered = sum(len(b) for b in batches)
+    if covered < len(indices):
+        batches = list(batches) + [np.asarray(indices[covered:], dtype=np.int64)]
+    return batches

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
+from fairseq_hkd.compat import batch_by_size_keep_remainder
 from fairseq_hkd.data.audio import read_audio
 from fairseq_hkd.data.features import FeatureStore, fbank, num_frames
 from fairseq_hkd.data.manifest import ManifestEntry, ManifestError
@@ -145,6 +146,11 @@ class CifAsrDataset(FairseqDataset):
         order = [np.random.permutation(len(self))] if self.shuffle else [np.arange(len(self))]
         order.append(self.src_sizes)
         return np.lexsort(order)[::-1]
+
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """fairseq's batching by frames (``max_tokens``), keeping the last batch (see compat.py)."""
+        batches = super().batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple)
+        return batch_by_size_keep_remainder(batches, indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
