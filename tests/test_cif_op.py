@@ -1,0 +1,265 @@
+"""CIF op (torch path) against the float64 sequential loop and hand-computed cases.
+
+The Triton kernels run the same checks under the interpreter in test_cif_op_triton.py;
+the helpers here take the implementation name.
+"""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fairseq_hkd.ops.cif import cif, cif_reference
+from fairseq_hkd.ops.cif.op import cif_gather
+
+IMPL = "torch"
+
+
+def random_case(B, T, C, seed, dtype=torch.float64, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.rand(B, T, generator=g, dtype=dtype)
+    h = torch.randn(B, T, C, generator=g, dtype=dtype)
+    mask = None
+    if pad and T > 1:
+        lens = torch.randint(1, T + 1, (B,), generator=g)
+        mask = torch.arange(T)[None, :] >= lens[:, None]
+    return alpha, h, mask
+
+
+def assert_matches_reference(impl, alpha, h, mask, threshold=1.0, tail=None, atol=1e-10):
+    out = cif(alpha, h, mask, threshold, tail, impl=impl)
+    tokens, fire_mask, token_index = cif_reference(alpha, h, mask, threshold, tail)
+    assert out.lengths.tolist() == [len(t) for t in tokens]
+    assert out.embeddings.shape[1] == max([len(t) for t in tokens] + [0])
+    assert torch.equal(out.fire_mask, fire_mask)
+    assert torch.equal(out.token_index, token_index)
+    for b, ref in enumerate(tokens):
+        emb = out.embeddings[b].to(torch.float64)
+        torch.testing.assert_close(emb[: len(ref)], ref, atol=atol, rtol=atol)
+        assert not emb[len(ref):].any(), "embeddings beyond lengths must be zero"
+    return out
+
+
+def assert_grads_match_reference(impl, alpha, h, mask, threshold=1.0, tail=None):
+    """Gradients of a random linear functional of the tokens, ours vs autograd of the loop."""
+    a1, h1 = alpha.clone().requires_grad_(), h.clone().requires_grad_()
+    a2, h2 = alpha.clone().requires_grad_(), h.clone().requires_grad_()
+    out = cif(a1, h1, mask, threshold, tail, impl=impl)
+    weights = torch.randn_like(out.embeddings)
+    (out.embeddings * weights).sum().backward()
+    tokens, _, _ = cif_reference(a2, h2, mask, threshold, tail)
+    sum(((t * weights[b, : len(t)]).sum() for b, t in enumerate(tokens)), h2.new_zeros(())).backward()
+    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-9, rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    T=st.integers(1, 40),
+    C=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    threshold=st.sampled_from([1.0, 0.75, 0.5, 1.25, 0.9]),
+    tail=st.sampled_from([None, 0.5, 0.2]),
+)
+def test_random_matches_reference(B, T, C, seed, threshold, tail):
+    alpha, h, mask = random_case(B, T, C, seed)
+    assert_matches_reference(IMPL, alpha, h, mask, threshold, tail)
+
+
+@pytest.mark.parametrize("threshold,tail", [(1.0, None), (1.0, 0.5), (0.75, 0.3)])
+def test_float32_matches_reference(threshold, tail):
+    alpha, h, mask = random_case(4, 60, 16, seed=3, dtype=torch.float32)
+    out = assert_matches_reference(IMPL, alpha, h, mask, threshold, tail, atol=1e-5)
+    assert out.embeddings.dtype == torch.float32
+
+
+def test_dyadic_exact_hits_hand_computed():
+    # running sums 0.5, 1.0 (exact hit), 1.25, 2.0 (exact hit), 2.75, 3.0 (exact hit)
+    alpha = torch.tensor([[0.5, 0.5, 0.25, 0.75, 0.75, 0.25]])
+    h = torch.eye(6).unsqueeze(0)
+    out = cif(alpha, h, impl=IMPL)
+    assert out.lengths.tolist() == [3]
+    assert out.fire_mask[0].tolist() == [False, True, False, True, False, True]
+    assert out.token_index[0].tolist() == [0, 0, 1, 1, 2, 2]
+    expected = torch.tensor([
+        [0.5, 0.5, 0, 0, 0, 0],
+        [0, 0, 0.25, 0.75, 0, 0],
+        [0, 0, 0, 0, 0.75, 0.25],
+    ])
+    assert torch.equal(out.embeddings[0], expected)
+    assert_matches_reference(IMPL, alpha.double(), h.double(), None)
+
+
+def test_split_frame_remainder_rule():
+    # 0.75 + 0.5 crosses 1 inside frame 1: token 0 takes beta - a = 0.25, token 1 starts with 0.25
+    alpha = torch.tensor([[0.75, 0.5, 0.75]])
+    h = torch.eye(3).unsqueeze(0)
+    out = cif(alpha, h, impl=IMPL)
+    assert out.lengths.tolist() == [2]
+    assert torch.equal(out.embeddings[0], torch.tensor([[0.75, 0.25, 0], [0, 0.25, 0.75]]))
+
+
+def test_consecutive_fires_each_frame_is_a_token():
+    alpha = torch.ones(2, 7)
+    h = torch.randn(2, 7, 3)
+    out = cif(alpha, h, impl=IMPL)
+    assert out.lengths.tolist() == [7, 7]
+    assert out.fire_mask.all()
+    torch.testing.assert_close(out.embeddings, h)
+
+
+def test_all_zero_alpha_gives_no_tokens():
+    alpha = torch.zeros(2, 5, requires_grad=True)
+    h = torch.randn(2, 5, 4, requires_grad=True)
+    for tail in (None, 0.5):
+        out = cif(alpha, h, tail_threshold=tail, impl=IMPL)
+        assert out.lengths.tolist() == [0, 0]
+        assert out.embeddings.shape == (2, 0, 4)
+        assert not out.fire_mask.any()
+        assert out.token_index.eq(0).all()
+    out = cif(alpha, h, max_tokens=3, impl=IMPL)
+    assert out.embeddings.shape == (2, 3, 4) and not out.embeddings.any()
+
+
+def test_alpha_out_of_range_is_clamped():
+    h = torch.randn(1, 4, 3, dtype=torch.float64)
+    wild = torch.tensor([[1.7, 3.0, -0.4, 0.5]], dtype=torch.float64)
+    tame = torch.tensor([[1.0, 1.0, 0.0, 0.5]], dtype=torch.float64)
+    a, b = cif(wild, h, tail_threshold=0.5, impl=IMPL), cif(tame, h, tail_threshold=0.5, impl=IMPL)
+    assert a.lengths.tolist() == [3]
+    torch.testing.assert_close(a.embeddings, b.embeddings)
+    # below 1, alpha is clamped to the threshold: one fire per frame at most
+    c = cif(torch.tensor([[0.9, 0.9]]), torch.ones(1, 2, 1), threshold=0.5, impl=IMPL)
+    assert c.lengths.tolist() == [2] and c.fire_mask.all()
+
+
+def test_padding_is_ignored_and_nan_safe():
+    alpha, h, _ = random_case(1, 12, 5, seed=7, pad=False)
+    long_alpha = torch.cat([alpha, torch.full((1, 6), float("nan"), dtype=alpha.dtype)], 1)
+    long_h = torch.cat([h, torch.full((1, 6, 5), float("nan"), dtype=h.dtype)], 1)
+    mask = torch.zeros(1, 18, dtype=torch.bool)
+    mask[:, 12:] = True
+    a1, h1 = long_alpha.clone().requires_grad_(), long_h.clone().requires_grad_()
+    out = cif(a1, h1, mask, tail_threshold=0.3, impl=IMPL)
+    ref = cif(alpha, h, None, tail_threshold=0.3, impl=IMPL)
+    torch.testing.assert_close(out.embeddings, ref.embeddings)
+    assert out.token_index[0, 12:].eq(-1).all() and not out.fire_mask[0, 12:].any()
+    out.embeddings.sum().backward()
+    assert torch.isfinite(a1.grad).all() and torch.isfinite(h1.grad).all()
+    assert not a1.grad[:, 12:].any() and not h1.grad[:, 12:].any()
+
+
+def test_tail_hand_computed():
+    alpha = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
+    h = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    assert cif(alpha, h, impl=IMPL).lengths.tolist() == [0]
+    assert cif(alpha, h, tail_threshold=0.8, impl=IMPL).lengths.tolist() == [0]
+    out = cif(alpha, h, tail_threshold=0.75, impl=IMPL)  # residual 0.75 >= 0.75: emitted
+    assert out.lengths.tolist() == [1]
+    torch.testing.assert_close(out.embeddings[0, 0], torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+
+
+def test_threshold_below_one_equals_scaled_unit_threshold():
+    alpha, h, mask = random_case(3, 30, 4, seed=11)
+    beta = 0.75
+    alpha = alpha * beta  # stay below the clamp so the identity holds exactly
+    a = cif(alpha, h, mask, threshold=beta, tail_threshold=0.5 * beta, impl=IMPL)
+    b = cif(alpha / beta, h, mask, threshold=1.0, tail_threshold=0.5, impl=IMPL)
+    assert torch.equal(a.lengths, b.lengths) and torch.equal(a.fire_mask, b.fire_mask)
+    torch.testing.assert_close(a.embeddings, beta * b.embeddings)
+
+
+def test_scaled_alphas_give_exactly_target_length_tokens():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        T = int(torch.randint(20, 300, (), generator=g))
+        alpha = torch.sigmoid(torch.randn(8, T, generator=g))
+        target = torch.randint(1, T // 4, (8,), generator=g)
+        scaled = alpha * (target / (alpha.sum(1) + 1e-8))[:, None]  # float32, sum ~ S
+        out = cif(scaled, torch.randn(8, T, 4, generator=g), tail_threshold=0.5,
+                  max_tokens=int(target.max()), impl=IMPL)
+        assert torch.equal(out.lengths, target)
+
+
+def test_float64_cumsum_keeps_long_inputs_exact():
+    # float32 cumsum drifts by whole fires at this length; the plan accumulates in float64
+    g = torch.Generator().manual_seed(5)
+    alpha = torch.rand(1, 8000, generator=g)
+    h = torch.ones(1, 8000, 1)
+    out = cif(alpha, h, impl=IMPL)
+    _, fire_mask, _ = cif_reference(alpha, h)
+    assert torch.equal(out.fire_mask, fire_mask)
+
+
+def test_max_tokens_overflow_rule():
+    alpha = torch.ones(2, 5)
+    h = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="max_tokens=3"):
+        cif(alpha, h, max_tokens=3, impl=IMPL)
+    out = cif(alpha, h, max_tokens=3, allow_overflow=True, impl=IMPL)
+    assert out.lengths.tolist() == [5, 5]  # full counts: the overflow stays visible
+    torch.testing.assert_close(out.embeddings, h[:, :3])
+    out = cif(alpha, h, max_tokens=7, impl=IMPL)
+    torch.testing.assert_close(out.embeddings[:, :5], h)
+    assert not out.embeddings[:, 5:].any()
+
+
+@pytest.mark.parametrize("threshold,tail", [(1.0, None), (1.0, 0.3), (0.75, 0.2), (1.25, None)])
+def test_gradcheck(threshold, tail):
+    alpha, h, mask = random_case(2, 9, 3, seed=1)
+    a, hh = alpha.requires_grad_(), h.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, hh: cif(a, hh, mask, threshold, tail, impl=IMPL).embeddings, (a, hh)
+    )
+
+
+@pytest.mark.parametrize("threshold,tail", [(1.0, None), (1.0, 0.4), (0.75, 0.2)])
+def test_grads_match_reference(threshold, tail):
+    alpha, h, mask = random_case(3, 25, 4, seed=2)
+    assert_grads_match_reference(IMPL, alpha, h, mask, threshold, tail)
+
+
+def gather_args(B, T, C, N, seed, dtype=torch.float32, device="cpu"):
+    alpha, h, _ = random_case(B, T, C, seed, dtype=dtype, pad=False)
+    from fairseq_hkd.ops.cif.plan import cif_plan
+
+    plan = cif_plan(alpha, None, 1.0, 0.5, N, True)
+    return (h.to(device), plan.w_left.to(dtype).to(device), plan.w_right.to(dtype).to(device),
+            plan.idx_left.to(device), plan.idx_right.to(device), plan.num_tokens)
+
+
+def test_opcheck():
+    h, wl, wr, il, ir, n = gather_args(2, 13, 5, 4, seed=0)
+    for t in (h, wl, wr):
+        t.requires_grad_()
+    torch.library.opcheck(cif_gather, (h, wl, wr, il, ir, n, IMPL))
+
+
+def test_impl_selection_and_input_errors(monkeypatch):
+    import fairseq_hkd.ops.cif as cif_module
+
+    alpha, h, _ = random_case(1, 6, 2, seed=0, pad=False)
+    calls = []
+    real = cif_module._reference_output
+    monkeypatch.setattr(cif_module, "_reference_output", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("FAIRSEQ_HKD_CIF_IMPL", "reference")
+    cif(alpha, h)
+    assert calls == [1]
+    cif(alpha, h, impl="torch")  # the argument wins over the environment
+    assert calls == [1]
+    monkeypatch.setenv("FAIRSEQ_HKD_CIF_IMPL", "bogus")
+    with pytest.raises(ValueError, match="FAIRSEQ_HKD_CIF_IMPL"):
+        cif(alpha, h)
+    with pytest.raises(ValueError, match=r"alpha \[B, T\]"):
+        cif(alpha[0], h, impl=IMPL)
+    with pytest.raises(ValueError, match="padding_mask"):
+        cif(alpha, h, (alpha > 0.5).long(), impl=IMPL)
+    with pytest.raises(ValueError, match="threshold"):
+        cif(alpha, h, threshold=0.0, impl=IMPL)
+
+
+def test_empty_inputs():
+    out = cif(torch.zeros(2, 0), torch.zeros(2, 0, 3), tail_threshold=0.5, impl=IMPL)
+    assert out.lengths.tolist() == [0, 0] and out.embeddings.shape == (2, 0, 3)
+    assert out.fire_mask.shape == (2, 0) and out.token_index.shape == (2, 0)
+    out = cif(torch.zeros(0, 4), torch.zeros(0, 4, 3), impl=IMPL)
+    assert out.embeddings.shape == (0, 0, 3)
