@@ -4,7 +4,8 @@ Shapes: B batch, T encoder frames, C encoder size, S target length (incl. </s>),
 
 alpha_t = sigmoid(Linear_{C->1}(Dropout(Conv1d_{C->C, k}(h))_t)) * mask_t, sigmoid in fp32, no
 nonlinearity between conv and linear (the authors' predictor). In training (``target_lengths``
-given), alpha'_t = alpha_t * S / (sum_t alpha_t + 1e-8) so the op fires exactly S times; the
+given), alpha'_t = alpha_t * S / (sum_t alpha_t + 1e-8) so the op fires exactly S times (frames
+that this would push above 1 are capped at 1 and the others rescaled, see :func:`scale_alpha`); the
 quantity loss uses the unscaled alpha. The op (``fairseq_hkd.ops.cif.cif``) runs with the tail rule
 (threshold 0.5) in training too: scaled weights sum to S only up to float error, and a last token
 left at 0.99999 must still be emitted. If the fire count still differs from S, :class:`CifMiddleware`
@@ -21,9 +22,27 @@ __all__ = ["CifMiddleware", "scale_alpha"]
 
 
 def scale_alpha(alpha: torch.Tensor, target_lengths: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """alpha [B, T] (0 at padding), target_lengths [B] -> alpha * S / (sum alpha + eps) [B, T]."""
-    total = alpha.sum(dim=1, keepdim=True)
-    return alpha * (target_lengths.to(alpha.dtype).unsqueeze(1) / (total + eps))
+    """alpha [B, T] (0 at padding), target_lengths [B] -> scaled weights [B, T] summing to S_b.
+
+    The paper's rule alpha * S / (sum alpha + eps). A frame can hold at most one unit of weight
+    (the op clamps to 1; more would be two fires in one frame), so where that rule pushes frames
+    above 1 -- possible whenever S is close to the number of frames -- those frames are set to 1
+    and the rest rescaled to carry the remaining S - #capped (repeated until none exceeds 1; rows
+    without overflow are exactly the paper's rule). Rows with S > #frames cannot reach S; the
+    middleware reports them.
+    """
+    target = target_lengths.to(alpha.dtype).unsqueeze(1)
+    scaled = alpha * (target / (alpha.sum(dim=1, keepdim=True) + eps))
+    capped = torch.zeros_like(alpha, dtype=torch.bool)
+    for _ in range(alpha.size(1)):  # the capped set only grows: at most T rounds, usually 0-2
+        over = scaled > 1.0
+        if not bool(over.any()):
+            break
+        capped |= over
+        free = torch.where(capped, torch.zeros_like(alpha), alpha)
+        room = (target - capped.sum(dim=1, keepdim=True).to(alpha.dtype)).clamp(min=0.0)
+        scaled = torch.where(capped, torch.ones_like(alpha), free * (room / (free.sum(dim=1, keepdim=True) + eps)))
+    return scaled
 
 
 class CifMiddleware(nn.Module):
