@@ -1,0 +1,140 @@
+"""fbank against an independent float64 re-implementation of Kaldi's recipe and a pure tone; CMVN
+statistics; the feature store and its console scripts."""
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fairseq_hkd.data.audio import read_audio
+from fairseq_hkd.data.features import (
+    CmvnAccumulator, FeatureStore, GlobalCmvn, cmvn_cli_main, fbank, num_frames, store_cli_main, utterance_cmvn,
+)
+from fairseq_hkd.data.manifest import read_manifest
+
+SR = 16000
+
+
+def mel(f):
+    return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def kaldi_fbank_reference(wav, num_bins=80, low=20.0, high=SR / 2):
+    """Kaldi fbank written out in float64: int16 scale, DC removal, pre-emphasis 0.97, povey window,
+    512-point power spectrum, triangular filters equally spaced on mel = 1127 ln(1 + f/700), log."""
+    x = np.asarray(wav, np.float64) * 32768.0
+    N, hop, nfft = 400, 160, 512
+    T = 1 + (len(x) - N) // hop if len(x) >= N else 0
+    win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N) / (N - 1))) ** 0.85
+    ml, mh = mel(low), mel(high)
+    d = (mh - ml) / (num_bins + 1)
+    m = mel(np.arange(nfft // 2) * SR / nfft)
+    W = np.zeros((num_bins, nfft // 2))
+    for b in range(num_bins):
+        lo, c, hi = ml + b * d, ml + (b + 1) * d, ml + (b + 2) * d
+        up, dn = (m > lo) & (m <= c), (m > c) & (m < hi)
+        W[b, up] = (m[up] - lo) / (c - lo)
+        W[b, dn] = (hi - m[dn]) / (hi - c)
+    out = np.zeros((T, num_bins))
+    for t in range(T):
+        f = x[t * hop: t * hop + N].copy()
+        f -= f.mean()
+        f[1:] -= 0.97 * f[:-1].copy()
+        f[0] -= 0.97 * f[0]
+        p = np.abs(np.fft.rfft(f * win, nfft)) ** 2
+        out[t] = np.log(np.maximum(W @ p[: nfft // 2], np.finfo(np.float32).eps))
+    return out
+
+
+def tone(freq, seconds=0.5, amp=0.5):
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("freq", [300.0, 1000.0, 3000.0, 6000.0])
+def test_pure_tone_lands_in_expected_mel_bin(freq):
+    feats = fbank(tone(freq))
+    d = (mel(SR / 2) - mel(20.0)) / 81
+    centers = mel(20.0) + d * np.arange(1, 81)
+    expected = int(np.argmin(np.abs(centers - mel(freq))))
+    assert feats.shape[1] == 80
+    assert int(feats.mean(0).argmax()) == expected
+
+
+def test_fbank_matches_float64_kaldi_reference(tiny_corpus):
+    wav, sr = sf.read(tiny_corpus / "wav" / "train0000.wav", dtype="float32")
+    ours, ref = fbank(wav), kaldi_fbank_reference(wav)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=2e-3)
+
+
+@pytest.mark.parametrize("n", [0, 399, 400, 559, 560, 16000, 23185])
+def test_num_frames_matches_fbank(n):
+    wav = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 0.1
+    assert fbank(wav).shape[0] == num_frames(n) == (0 if n < 400 else 1 + (n - 400) // 160)
+
+
+def test_utterance_cmvn_zero_mean_unit_variance():
+    x = np.random.default_rng(0).normal(5.0, 3.0, size=(200, 80)).astype(np.float32)
+    y = utterance_cmvn(x).astype(np.float64)
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1.0, atol=1e-4)
+
+
+def test_cmvn_accumulator_matches_numpy():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(2.0, 4.0, size=(n, 80)) for n in (30, 50, 7)]
+    acc = CmvnAccumulator()
+    for p in parts:
+        acc.add(p.astype(np.float32))
+    allx = np.concatenate(parts).astype(np.float32).astype(np.float64)
+    s = acc.stats()
+    np.testing.assert_allclose(s["mean"], allx.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(s["std"], allx.std(0), rtol=1e-8)
+    assert s["count"] == 87
+
+
+@pytest.fixture
+def corpus_copy(tiny_corpus, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_corpus, dst)
+    return dst
+
+
+def test_global_cmvn_cli_normalises_training_features(corpus_copy, capsys):
+    cmvn_cli_main([str(corpus_copy), "--split", "train"])
+    assert "cmvn: 8 utterances" in capsys.readouterr().out
+    norm = GlobalCmvn(str(corpus_copy / "cmvn.npz"))
+    feats = np.concatenate([
+        norm(fbank(read_audio(e.audio))) for e in read_manifest(corpus_copy / "train.tsv")
+    ]).astype(np.float64)
+    np.testing.assert_allclose(feats.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(feats.std(0), 1.0, atol=1e-3)
+
+
+def test_global_cmvn_missing_stats_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fairseq-hkd-cmvn"):
+        GlobalCmvn(str(tmp_path / "cmvn.npz"))
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", 0.0), ("float16", 0.02)])
+def test_feature_store_round_trip(corpus_copy, capsys, dtype, atol):
+    store_cli_main([str(corpus_copy), "--splits", "valid", "--dtype", dtype])
+    out = capsys.readouterr().out
+    assert "valid: 4 utterances" in out and "resampled 0" in out
+    manifest = corpus_copy / "valid.tsv"
+    store = FeatureStore(str(corpus_copy), "valid", str(manifest))
+    for e in read_manifest(manifest):
+        direct = fbank(read_audio(e.audio))
+        stored = store.get(e.id)
+        assert stored.shape == direct.shape and store.frames(e.id) == len(direct)
+        np.testing.assert_allclose(stored, direct, atol=atol, rtol=1e-3 if atol else 0)
+
+
+def test_feature_store_rejects_other_manifest(corpus_copy):
+    store_cli_main([str(corpus_copy), "--splits", "valid"])
+    FeatureStore(str(corpus_copy), "valid", str(corpus_copy / "valid.tsv"))  # same manifest: accepted
+    lines = (corpus_copy / "valid.tsv").read_text().splitlines()
+    (corpus_copy / "valid.tsv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="rebuild it: fairseq-hkd-feature-store"):
+        FeatureStore(str(corpus_copy), "valid", str(corpus_copy / "valid.tsv"))
