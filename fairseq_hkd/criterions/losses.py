@@ -3,7 +3,8 @@
 Shapes: B batch, S target length (incl. </s>), T' encoder frames, T CIF frames, V vocabulary.
 The criterions (``cif.py``, ``cif_hkd.py``) only wire these to the model's outputs.
 """
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ __all__ = [
     "quantity_loss",
     "predicted_token_counts",
     "token_errors",
+    "acd_num_negatives",
+    "sample_negatives",
+    "acd_loss",
+    "lrd_loss",
 ]
 
 
@@ -82,3 +87,74 @@ def token_errors(logits: torch.Tensor, target: torch.Tensor, padding_idx: int) -
     mask = target.ne(padding_idx)
     wrong = logits.argmax(dim=-1).ne(target) & mask
     return wrong.sum(), mask.sum()
+
+
+# --- hierarchical distillation (cif_hkd) ------------------------------------------------------
+# N: target tokens of the batch (padding removed), D: teacher width, K: negatives per token.
+
+
+def acd_num_negatives(num_tokens: int, num_negatives: int, small_batch_ratio: float = 0.8) -> int:
+    """K for a batch of N tokens: ``num_negatives`` when N > it, else floor(ratio * N) (<= N - 1)."""
+    if num_tokens > num_negatives:
+        return num_negatives
+    return min(int(math.floor(small_batch_ratio * num_tokens)), max(num_tokens - 1, 0))
+
+
+def sample_negatives(num_tokens: int, num_negatives: int, device=None, generator=None) -> torch.Tensor:
+    """[N, K] long: for each token, K distinct indices drawn uniformly from the other N - 1 tokens.
+
+    Per row, the K smallest of N uniform keys (the row's own key set above 1): a uniform K-subset
+    without replacement. Rows are drawn in chunks so the keys stay under ~2^24 elements.
+    """
+    if not 0 <= num_negatives <= max(num_tokens - 1, 0):
+        raise ValueError(f"cannot draw {num_negatives} distinct negatives from {num_tokens - 1} other tokens")
+    out = torch.empty(num_tokens, num_negatives, dtype=torch.long, device=device)
+    if num_negatives == 0:
+        return out
+    rows = max(1, (1 << 24) // num_tokens)
+    for r0 in range(0, num_tokens, rows):
+        r1 = min(r0 + rows, num_tokens)
+        keys = torch.rand(r1 - r0, num_tokens, device=device, generator=generator)
+        own = torch.arange(r0, r1, device=device)
+        keys[own - r0, own] = 2.0
+        out[r0:r1] = keys.topk(num_negatives, dim=1, largest=False, sorted=False).indices
+    return out
+
+
+def acd_loss(student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor, temperature: float,
+             tokens: Optional[torch.Tensor] = None, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Acoustic contrastive distillation (InfoNCE), summed over tokens.
+
+    Args:
+        student: [N, D] projected CIF embeddings; teacher: [N, D] teacher states (no gradient needed);
+        negatives: [N, K] indices of other tokens (``sample_negatives``); temperature: tau;
+        tokens: [N] target ids: a negative with the same id as the token gets logit -1e9 (None: keep all).
+    Returns:
+        (sum_i -log(exp(z_i.e_i / tau) / (exp(z_i.e_i / tau) + sum_k exp(z_i.e_{n_ik} / tau))),
+         number of tokens whose positive logit beats every negative), z and e L2-normalised
+        (x / max(|x|, eps)), in float32.
+    """
+    z = F.normalize(student.float(), dim=-1, eps=eps)
+    e = F.normalize(teacher.detach().float(), dim=-1, eps=eps)
+    sim = (z @ e.t()) / temperature                    # [N, N]: every pair, cheaper than gathering [N, K, D]
+    pos = sim.diagonal()                               # [N]
+    neg = sim.gather(1, negatives)                     # [N, K]
+    if tokens is not None:
+        neg = neg.masked_fill(tokens[negatives] == tokens[:, None], -1e9)
+    logits = torch.cat([pos[:, None], neg], dim=1)     # [N, 1 + K], positive first
+    loss = (torch.logsumexp(logits, dim=1) - pos).sum()
+    correct = (pos > neg.max(dim=1).values).sum() if neg.size(1) > 0 else pos.new_tensor(pos.numel()).long()
+    return loss, correct
+
+
+def lrd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Linguistic regression distillation: student [N, D] projected decoder states, teacher [N, D].
+
+    Returns sum_i r_d (u_id - e_id)^2 in float32, r = sum over dims (the paper) or mean.
+    """
+    sq = (student.float() - teacher.detach().float()).pow(2)
+    if reduction == "sum":
+        return sq.sum()
+    if reduction == "mean":
+        return sq.mean(dim=-1).sum()
+    raise ValueError(f"LRD reduction must be 'sum' or 'mean', got {reduction!r}")
