@@ -62,7 +62,7 @@ def fortune_sentences(text: str) -> List[str]:
     out = []
     for fortune in re.split(r"^%\s*$", text, flags=re.M):
         lines = [ln for ln in fortune.splitlines() if not ln.strip().startswith("--")]
-        out.extend(s for s in re.split(r"(?<=[.!?])\s+", " ".join(lines)) if s.strip())
+        out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(lines)) if s.strip())
     return out
 
 
@@ -71,7 +71,7 @@ def bible_clauses(text: str) -> List[str]:
     out = []
     for line in text.splitlines():
         _, _, verse = line.partition(" ")
-        out.extend(c for c in re.split(r"[.;:?!()]", verse) if c.strip())
+        out.extend(c.strip() for c in re.split(r"[.;:?!()]", verse) if c.strip())
     return out
 
 

@@ -1,0 +1,172 @@
+"""The synthesized demo corpus: sentence sources, pool filter, and a tiny espeak-ng + sox run."""
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fairseq_hkd.data.manifest import read_manifest
+from fairseq_hkd.prepare import sentences as S
+from fairseq_hkd.prepare import synth
+
+needs_tts = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                               reason="espeak-ng and sox (Debian) are needed")
+
+
+# ------------------------------------------------------------ text sources, in their real formats
+
+def test_normalize():
+    assert S.normalize("Don't look back, something might be gaining on you.") == \
+        "don't look back something might be gaining on you"
+    assert S.normalize("When there is neither `I' nor `You', can one see it?") == \
+        "when there is neither i nor you can one see it"
+    assert S.normalize("A clash of doctrine -- it is an opportunity.") == "a clash of doctrine it is an opportunity"
+    assert S.normalize("(1) Avoid fried meats") is None  # digits: espeak would say them
+    assert S.normalize("Salt & pepper") is None
+    assert S.normalize("a café") is None
+
+
+def test_wordnet_examples():
+    text = (
+        "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+        "  9 the following copyright notice and statements, \"AS IS\" and PRINCETON  \n"
+        "00001740 00 a 01 able 0 005 = 05200169 n 0000 ! 00002098 a 0101 | (usually followed by `to') "
+        "having the necessary means or skill; \"able to swim\"; \"she was able to program her computer\"  \n"
+        "00002098 00 a 01 unable 0 002 = 05200169 n 0000 | not having the necessary means  \n")
+    assert S.wordnet_examples(text) == ["able to swim", "she was able to program her computer"]
+
+
+def test_fortune_sentences():
+    text = ("A dream will always triumph over reality, once it is given the chance.\n"
+            "\t\t-- Stanislaw Lem\n%\n"
+            "A fake fortuneteller can be tolerated.  But an authentic soothsayer should\n"
+            "be shot on sight.\n%\n")
+    assert S.fortune_sentences(text) == [
+        "A dream will always triumph over reality, once it is given the chance.",
+        "A fake fortuneteller can be tolerated.", "But an authentic soothsayer should be shot on sight."]
+
+
+def test_bible_clauses():
+    text = ("Ge1:1 In the beginning God created the heaven and the earth.\n"
+            "Ge1:3 And God said, Let there be light: and there was light.\n")
+    assert S.bible_clauses(text) == ["In the beginning God created the heaven and the earth",
+                                     "And God said, Let there be light", "and there was light"]
+
+
+def test_build_pool_by_hand():
+    raw = {"a": ["the cat sat down.", "The cat sat down", "the dog sat", "a dog ran far away now"],
+           "b": ["the cat ran", "the dog sat down", "the 2 cats"]}
+    pool = S.build_pool(raw, min_words=3, max_words=4, vocab_size=4)
+    # candidates (3-4 words): "the cat sat down" (a), "the dog sat" (a), "the cat ran" (b),
+    # "the dog sat down" (b); word counts: the 4, sat 3, cat 2, dog 2, down 2, ran 1
+    # -> vocab: the, sat, then the ties cat, dog, down broken alphabetically: cat, dog
+    assert pool.vocab == ["the", "sat", "cat", "dog"]
+    assert pool.sentences == ["the dog sat"]
+    assert pool.source == {"the dog sat": "a"}
+    assert pool.stats["distinct candidates"] == 4 and pool.stats["b candidates"] == 2
+
+
+@pytest.mark.skipif(not (os.path.isdir(S.WORDNET_DIR) and os.path.isdir(S.FORTUNE_DIR)
+                         and shutil.which("bible")), reason="wordnet-base, fortunes, bible-kjv not installed")
+def test_debian_pool_matches_recipe():
+    pool = S.build_pool(S.read_sources(S.SOURCES))
+    words = {w for s in pool.sentences for w in s.split()}
+    assert len(pool.vocab) == 700 and words <= set(pool.vocab)
+    assert all(4 <= len(s.split()) <= 12 and S.normalize(s) == s for s in pool.sentences)
+    assert {pool.source[s] for s in pool.sentences} == set(S.SOURCES)
+    assert len(pool.sentences) >= 3350  # the default 3,000 + 150 + 200 fit
+
+
+# ------------------------------------------------------------ tiny synthesis run
+
+SENTENCES = ["the lord is my shepherd", "and god said let there be light", "a dream will always triumph",
+             "he walked in all the ways of his father", "wisdom is before him", "then shall they also answer him",
+             "we were at last able to buy a car", "and they went up to the city",
+             "the son of man is come", "what is the way", "and it was so", "i will go down now and see"]
+
+
+def _args(out, sentence_file, *extra):
+    return synth.get_parser().parse_args(
+        ["--out", str(out), "--sentences", str(sentence_file), "--vocab-size", "0", "--min-words", "3",
+         "--n-train", "6", "--n-heldout", "2", "--n-test", "2", "--seed", "7", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    (d / "sentences.txt").write_text("".join(s.capitalize() + ".\n" for s in SENTENCES), encoding="utf-8")
+    out = d / "corpus"
+    manifests = synth.prepare(_args(out, d / "sentences.txt"))
+    return d, out, manifests
+
+
+@needs_tts
+def test_tiny_corpus_audio_and_transcripts(tiny_synth):
+    _, out, _ = tiny_synth
+    with open(out / "utterances.tsv", encoding="utf-8") as f:
+        plan = {r["id"]: r for r in csv.DictReader(f, delimiter="\t")}
+    assert len(plan) == 10
+    texts = {}
+    for split, n in (("train", 6), ("heldout", 2), ("test", 2)):
+        entries = read_manifest(out / f"{split}.tsv")
+        assert len(entries) == n
+        for e in entries:
+            p = plan[e.id]
+            assert (p["split"], p["text"], p["voice"]) == (split, e.tgt_text, e.speaker)
+            assert e.tgt_text in SENTENCES
+            wav, sr = sf.read(e.audio, dtype="float32")
+            assert sr == 16000 and wav.ndim == 1 and len(wav) == e.n_samples
+            assert np.sqrt(np.mean(wav ** 2)) > 1e-3  # speech, not silence
+            # espeak-ng speaks at ~speed words/min: the duration follows words and speed
+            nominal = len(e.tgt_text.split()) * 60.0 / int(p["speed"])
+            assert 0.3 < len(wav) / sr / nominal < 3.0, (e.id, len(wav) / sr, nominal)
+            assert 130 <= int(p["speed"]) <= 200 and 30 <= int(p["pitch"]) <= 70
+            texts.setdefault(split, set()).add(e.tgt_text)
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["heldout"])
+    assert not (texts["heldout"] & texts["test"])
+
+
+@needs_tts
+def test_test_voices_never_in_training(tiny_synth):
+    _, out, manifests = tiny_synth
+    train_voices = {u.speaker for s in ("train", "heldout") for u in manifests[s]}
+    test_voices = {u.speaker for u in manifests["test"]}
+    assert train_voices <= set(synth.TRAIN_VOICES) and test_voices <= set(synth.TEST_VOICES)
+    assert not train_voices & test_voices
+    bases = lambda vs: {v.split("+")[0] for v in vs}  # noqa: E731
+    variants = lambda vs: {v.split("+")[1] for v in vs}  # noqa: E731
+    assert not bases(synth.TRAIN_VOICES) & bases(synth.TEST_VOICES)
+    assert not variants(synth.TRAIN_VOICES) & variants(synth.TEST_VOICES)
+    with pytest.raises(ValueError, match="in both"):
+        synth.plan_corpus(S.build_pool({"x": SENTENCES}, 3, 12, 0), {"train": 1, "heldout": 0, "test": 1}, 0,
+                          ["en-us+m1"], ["en-us+m1"], (150, 150), (50, 50))
+
+
+@needs_tts
+def test_deterministic_and_resumable(tiny_synth):
+    d, out, _ = tiny_synth
+    # same seed elsewhere: byte-identical audio (sox runs without dither)
+    out2 = d / "again"
+    synth.prepare(_args(out2, d / "sentences.txt"))
+    for wav in sorted((out / "wav" / "train").iterdir()):
+        assert wav.read_bytes() == (out2 / "wav" / "train" / wav.name).read_bytes()
+    # resume: a deleted file is made again, the others are left alone
+    victim = out2 / "wav" / "test" / "test_00001.wav"
+    ref = victim.read_bytes()
+    victim.unlink()
+    keep = out2 / "wav" / "train" / "train_00000.wav"
+    os.utime(keep, (1, 1))
+    synth.prepare(_args(out2, d / "sentences.txt"))
+    assert victim.read_bytes() == ref and keep.stat().st_mtime == 1
+    # resuming with other settings is refused
+    with pytest.raises(ValueError, match="seed differ"):
+        synth.prepare(_args(out2, d / "sentences.txt", "--seed", "8"))
+
+
+def test_pool_too_small_is_a_clear_error():
+    pool = S.build_pool({"x": SENTENCES}, 3, 12, 0)
+    with pytest.raises(ValueError, match="pool has only 12"):
+        synth.plan_corpus(pool, {"train": 10, "heldout": 2, "test": 2}, 0, synth.TRAIN_VOICES,
+                          synth.TEST_VOICES, (130, 200), (30, 70))
