@@ -8,9 +8,11 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 log() { echo "[setup $(date +%H:%M:%S)] $*"; }
 
-# 1. Debian packages for the demo (speech synthesis).
+# 1. Debian packages for the demo (speech synthesis; sentence sources of examples/synth).
 missing=()
-for p in espeak-ng sox; do command -v "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in espeak-ng sox wordnet-base fortunes bible-kjv; do
+  command -v "$p" >/dev/null 2>&1 || dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' \
+    || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian packages: ${missing[*]}"
