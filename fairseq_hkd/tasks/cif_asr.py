@@ -243,6 +243,7 @@ class CifAsrTask(FairseqTask):
             if getattr(cfg, name, None):
                 self.model_dim = int(getattr(cfg, name))
                 break
+        self.student_dims = {"cif": int(model.encoder_embed_dim), "decoder": int(model.decoder_embed_dim)}  # cif_hkd
         return model
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
