@@ -141,3 +141,18 @@ def make_tiny_corpus(
     units = Units(unit, tokenizer_dir=tokenizer_dir, spm_model=spm_model)
     write_dict(out / "dict.txt", [units.encode(t) for s in splits for t in texts[s]])
     return out
+
+
+def setup_task(data_dir, *extra_args: str, arch: str = "cif_tiny", criterion: str = "cif"):
+    """A ``cif_asr`` task configured exactly as ``fairseq-train DATA --task cif_asr *extra_args`` would."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import fairseq_hkd  # noqa: F401  (registers the task)
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data_dir), "--task", "cif_asr", "--arch", arch, "--criterion", criterion, *extra_args]
+    )
+    cfg = convert_namespace_to_omegaconf(args)
+    return tasks.setup_task(cfg.task)
