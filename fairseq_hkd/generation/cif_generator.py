@@ -10,7 +10,9 @@ V vocabulary, T' encoder frames.
 
 How a CIF hypothesis is scored (the length is fixed by CIF, not predicted)
 -------------------------------------------------------------------------
-CIF fires ``L_b`` times for utterance b (fires + the inference tail rule, ``tail_threshold`` 0.5).
+CIF fires ``L_b`` times for utterance b (fires + the inference tail rule: a leftover weight
+>= the model's ``cif_tail_threshold``, 0.5, emits one more token; change it without retraining
+with ``--model-overrides "{'cif_tail_threshold': 0.4}"``).
 The decoder runs exactly ``L_b`` steps; step i is conditioned on ``c_i`` and on the tokens chosen
 at steps < i. At every step the whole vocabulary competes except ``<s>`` (the CTC blank) and
 ``<pad>``. In training the fire count equals the target length, so the last step is the one that
@@ -45,9 +47,6 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 __all__ = ["CifGenerator", "CifSearchResult", "build_cif_generator"]
-
-DEFAULT_TAIL_THRESHOLD = 0.5
-
 
 class CifSearchResult(NamedTuple):
     """Raw search output, K' = nbest hypotheses per utterance sorted best first.
@@ -86,18 +85,11 @@ def build_cif_generator(models, args, tgt_dict) -> "CifGenerator":
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
     ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam`` and
-    ``nbest``; ``cif_tail_threshold`` when present (default 0.5).
+    ``nbest``. The CIF tail threshold is the model's (``cif_tail_threshold``).
     """
     beam = int(getattr(args, "beam", 1) or 1)
     nbest = int(getattr(args, "nbest", 1) or 1)
-    tail = getattr(args, "cif_tail_threshold", None)
-    return CifGenerator(
-        models,
-        tgt_dict,
-        beam_size=beam,
-        nbest=nbest,
-        tail_threshold=DEFAULT_TAIL_THRESHOLD if tail is None else float(tail),
-    )
+    return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest)
 
 
 class CifGenerator:
@@ -109,8 +101,9 @@ class CifGenerator:
         tgt_dict,
         beam_size: int = 10,
         nbest: int = 1,
-        tail_threshold: Optional[float] = DEFAULT_TAIL_THRESHOLD,
+        tail_threshold: Optional[float] = None,
     ):
+        """models: a one-model list; tail_threshold: None = the model's configured value."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "

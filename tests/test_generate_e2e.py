@@ -1,0 +1,160 @@
+"""fairseq-generate end to end on a tiny CIF model overfit to 4 synthesized utterances.
+
+The session fixture ``trained_cif`` trains ``cif_tiny`` with fairseq-train (~45 s on one core);
+tests/test_transcribe.py and tests/test_generate_average.py reuse it. ``test`` is a copy of the
+training manifest (so the model should reproduce it; the ``train`` split itself would get
+SpecAugment), ``valid`` holds 2 unseen utterances (non-zero error rates to check the scorer on).
+"""
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import editdistance
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+TRAIN_EPOCHS = 120
+
+
+@pytest.fixture(scope="session")
+def trained_cif(tmp_path_factory, venv_bin):
+    from corpus import make_tiny_corpus
+
+    root = tmp_path_factory.mktemp("trained_cif")
+    data = make_tiny_corpus(root / "data", n_train=4, n_valid=2)
+    shutil.copy(data / "train.tsv", data / "test.tsv")
+    save_dir = root / "ckpt"
+    cmd = [
+        str(venv_bin / "fairseq-train"), str(data), "--user-dir", "fairseq_hkd", "--task", "cif_asr",
+        "--arch", "cif_tiny", "--criterion", "cif", "--optimizer", "adam", "--lr", "3e-3",
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "30", "--clip-norm", "1.0",
+        "--max-tokens", "20000", "--max-epoch", str(TRAIN_EPOCHS), "--spec-aug-prob", "0",
+        "--save-dir", str(save_dir), "--save-interval", "40", "--disable-validation",
+        "--cpu", "--num-workers", "0", "--seed", "1", "--log-interval", "50", "--no-progress-bar",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(data=data, save_dir=save_dir, ckpt=save_dir / "checkpoint_last.pt")
+
+
+def fairseq_generate(trained, tmp_path, subset, *extra):
+    """Run fairseq-generate in process; returns (lines of generate-SUBSET.txt, parsed per id)."""
+    from fairseq import options
+    from fairseq_cli.generate import main
+
+    out = tmp_path / f"gen_{subset}_{'_'.join(a.strip('-') for a in extra)}"
+    argv = [str(trained.data), "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--path", str(trained.ckpt),
+            "--gen-subset", subset, "--scoring", "wer", "--cpu", "--num-workers", "0", "--results-path", str(out),
+            "--batch-size", "3", *extra]
+    parser = options.get_generation_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    main(args)
+    text = (out / f"generate-{subset}.txt").read_text(encoding="utf-8")
+    parsed = {}
+    for line in text.splitlines():
+        m = re.match(r"^([THDP])-(\d+)\t(.*)$", line)
+        if m:
+            kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+            entry = parsed.setdefault(idx, {})
+            if kind in entry:  # with --nbest > 1 keep the best hypothesis (printed first)
+                continue
+            if kind in "HD":
+                score, s = rest.split("\t", 1) if "\t" in rest else (rest, "")
+                entry[kind] = s
+                entry["score"] = float(score)
+            else:
+                entry[kind] = rest
+    return text, parsed
+
+
+def reported_wer(text):
+    m = re.search(r"Generate \S+ with beam=\d+: WER: ([0-9.]+)", text)
+    assert m, text[-2000:]
+    return float(m.group(1))
+
+
+def test_stock_command_reproduces_training_transcripts(trained_cif, venv_bin, tmp_path):
+    """The exact user command, as a subprocess, on the utterances the model was overfit to."""
+    cmd = [str(venv_bin / "fairseq-generate"), str(trained_cif.data), "--user-dir", "fairseq_hkd",
+           "--task", "cif_asr", "--path", str(trained_cif.ckpt), "--gen-subset", "test", "--beam", "10",
+           "--scoring", "wer", "--cpu", "--num-workers", "0"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    targets = dict(re.findall(r"^T-(\d+)\t(.*)$", out, re.M))
+    hyps = {i: s for i, _, s in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", out, re.M)}
+    assert len(targets) == 4 and targets.keys() == hyps.keys()
+    assert hyps == targets
+    assert len(re.findall(r"^P-\d+\t", out, re.M)) == 4
+    assert reported_wer(out) == 0.0
+
+
+def greedy_reference(model, tgt_dict, src, src_len):
+    """A plain greedy loop over one utterance: decoder re-run on the whole prefix every step."""
+    enc = model.forward_encoder(src, src_len)
+    _, cif = model.forward_cif(enc)
+    n = int(cif.lengths[0])
+    prefix, score = [tgt_dict.eos()], 0.0
+    for i in range(n):
+        logits, _ = model.decoder(torch.tensor([prefix]), cif.embeddings[:, : i + 1], None)
+        lp = torch.log_softmax(logits[0, -1].double(), -1)
+        lp[tgt_dict.bos()] = lp[tgt_dict.pad()] = -math.inf
+        tok = int(lp.argmax())
+        prefix.append(tok)
+        score += float(lp[tok])
+        if tok == tgt_dict.eos():
+            break
+    return prefix[1:], score
+
+
+@pytest.mark.parametrize("subset", ["test", "valid"])
+def test_beam1_equals_greedy_loop(trained_cif, tmp_path, subset):
+    from fairseq import checkpoint_utils
+
+    _, parsed = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1")
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(trained_cif.ckpt)])
+    model = models[0].eval()
+    task.load_dataset(subset)
+    ds = task.dataset(subset)
+    d = task.target_dictionary
+    with torch.no_grad():
+        for i in range(len(ds)):
+            s = ds.collater([ds[i]])
+            tokens, score = greedy_reference(model, d, s["net_input"]["src_tokens"], s["net_input"]["src_lengths"])
+            assert parsed[i]["H"] == d.string(torch.tensor(tokens), extra_symbols_to_ignore={d.eos()})
+            assert parsed[i]["score"] * math.log(2) == pytest.approx(score, abs=1e-3)
+
+
+@pytest.mark.parametrize("char_level", [False, True])
+def test_reported_wer_equals_editdistance(trained_cif, tmp_path, char_level):
+    extra = ["--beam", "4"] + (["--wer-char-level"] if char_level else [])
+    text, parsed = fairseq_generate(trained_cif, tmp_path, "valid", *extra)
+    errors = words = 0
+    for entry in parsed.values():
+        ref, hyp = entry["T"], entry["D"]
+        # fairseq's character level keeps the word boundaries as characters (" " -> "▁")
+        ref_items = list(ref) if char_level else ref.split()
+        hyp_items = list(hyp) if char_level else hyp.split()
+        errors += editdistance.eval(ref_items, hyp_items)
+        words += len(ref_items)
+    assert len(parsed) == 2
+    assert errors > 0, "the held-out utterances should not be decoded perfectly; the check would be vacuous"
+    assert reported_wer(text) == pytest.approx(100.0 * errors / words, abs=0.006)
+
+
+def test_beam_never_scores_below_greedy(trained_cif, tmp_path):
+    for subset in ("test", "valid"):
+        _, greedy = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1")
+        _, beam = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "10", "--nbest", "3")
+        assert greedy.keys() == beam.keys()
+        for i in greedy:
+            assert beam[i]["score"] >= greedy[i]["score"] - 1e-6, (subset, i)
