@@ -1,0 +1,71 @@
+"""``fairseq-train --criterion cif_hkd`` end to end on a tiny synthesized corpus with a teacher store
+from a tiny random BERT (char units, mean-pooled word pieces); then resume (the criterion's
+projections are checkpointed) and fairseq-generate (which never needs them)."""
+import logging
+import re
+
+import pytest
+import torch
+
+from fairseq_hkd.teacher.extract import extract_teacher
+from teacher_fixtures import make_tiny_plm
+
+pytestmark = pytest.mark.slow
+
+
+def _train(argv):
+    """fairseq-train in this process (saves ~10 s of interpreter start-up per run)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli.train import main
+
+    parser = options.get_training_parser()
+    main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, [str(a) for a in argv])))
+
+
+def _generate(argv):
+    from fairseq import options
+    from fairseq_cli.generate import main
+
+    parser = options.get_generation_parser()
+    main(options.parse_args_and_arch(parser, [str(a) for a in argv]))
+
+
+def test_fairseq_train_cif_hkd_resume_and_generate(tmp_path, caplog):
+    from corpus import make_tiny_corpus
+
+    data = make_tiny_corpus(tmp_path / "data", n_train=4, n_valid=2)
+    plm = make_tiny_plm(tmp_path / "plm")
+    for split in ("train", "valid"):
+        extract_teacher(str(data / f"{split}.tsv"), plm, "char", dtype="float16", progress=False)
+    save = tmp_path / "ckpt"
+    caplog.set_level(logging.INFO)
+    train = [
+        data, "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--load-teacher", "yes",
+        "--arch", "cif_tiny", "--criterion", "cif_hkd", "--acd-negatives", "700", "--lrd-weight", "0.01",
+        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "20000", "--spec-aug-prob", "0",
+        "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1", "--log-interval", "1",
+        "--no-progress-bar", "--log-format", "simple", "--no-epoch-checkpoints",
+    ]
+    _train(train + ["--max-update", "1"])
+    log = caplog.text
+    assert re.search(r"acd_loss [\d.]+ .*lrd_loss [\d.]+", log), log[-2000:]
+    assert re.search(r"valid .*acd_acc [\d.]+", log), log[-2000:]
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    crit = state["criterion"]
+    assert crit["acd_proj.weight"].shape == (16, 144) and crit["lrd_proj.weight"].shape == (16, 144)
+    assert not any(k.startswith(("acd_proj", "lrd_proj")) for k in state["model"])
+    # resume: the criterion's projections and their optimizer state come back from the checkpoint
+    caplog.clear()
+    _train(train + ["--max-update", "2"])
+    log = caplog.text
+    assert re.search(r"Loaded checkpoint .*\(epoch \d+ @ 1 updates\)", log), log[-2000:]
+    assert re.search(r"num_updates 2", log), log[-2000:]
+    resumed = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["criterion"]
+    assert not torch.equal(resumed["acd_proj.weight"], crit["acd_proj.weight"])  # trained further
+    # generation loads the model alone
+    _generate([data, "--results-path", tmp_path / "gen", "--user-dir", "fairseq_hkd", "--task", "cif_asr",
+                "--path", save / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu", "--num-workers", "0",
+                "--batch-size", "2", "--load-teacher", "no"])
+    out = (tmp_path / "gen" / "generate-valid.txt").read_text()
+    assert len(re.findall(r"^H-\d+\t", out, re.M)) == 2, out
