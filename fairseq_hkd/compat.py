@@ -4,6 +4,8 @@ Imported first by ``fairseq_hkd/__init__.py``, so the shims are in place before 
 fairseq-generate or a Python user touch a checkpoint or a batch.
 """
 import argparse
+import functools
+import sys
 import logging
 from typing import List
 
@@ -77,3 +79,64 @@ def batch_by_size_keep_remainder(batches: List[np.ndarray], indices: np.ndarray)
     if covered < len(indices):
         batches = list(batches) + [np.asarray(indices[covered:], dtype=np.int64)]
     return batches
+
+
+# 3. `fairseq-train --task cif_asr --help` lists the task's options ---------------------------------
+# Reason: fairseq 0.12's options.parse_args_and_arch hands -h/--help to argparse before it adds the
+# task / model / criterion options, so --help never shows them. With --help we first parse the other
+# arguments (which adds those options; a missing DATA positional is ignored), then print the help.
+def _parse_args_and_arch_with_full_help(original):
+    @functools.wraps(original)
+    def parse_args_and_arch(parser, input_args=None, parse_known=False, suppress_defaults=False,
+                            modify_parser=None):
+        argv = list(sys.argv[1:] if input_args is None else input_args)
+        if suppress_defaults or not ({"-h", "--help"} & set(argv)):
+            return original(parser, input_args, parse_known, suppress_defaults, modify_parser)
+
+        class _StopParsing(Exception):
+            pass
+
+        def stop(message):
+            raise _StopParsing(message)
+
+        parser.error = stop  # argparse reports a missing DATA through parser.error
+        rest = [a for a in argv if a not in ("-h", "--help")]
+        try:
+            original(parser, rest, True, False, modify_parser)
+        except _StopParsing:
+            pass
+        except RuntimeError:  # no (or an unknown) --arch: add the task and registry options ourselves
+            _add_component_options(parser, rest)
+        finally:
+            del parser.error
+        parser.print_help()
+        sys.exit(0)
+
+    parse_args_and_arch.__hkd_full_help__ = True
+    return parse_args_and_arch
+
+
+def _add_component_options(parser, argv) -> None:
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_REGISTRY
+
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "task", None) in TASK_REGISTRY:
+        TASK_REGISTRY[known.task].add_args(parser)
+    for name, registry in REGISTRIES.items():
+        cls = registry["registry"].get(getattr(known, name, None))
+        if cls is not None and hasattr(cls, "add_args"):
+            cls.add_args(parser)
+        elif cls is not None and hasattr(cls, "__dataclass"):
+            gen_parser_from_dataclass(parser, cls.__dataclass())
+
+
+def _install_full_help() -> None:
+    from fairseq import options
+
+    if not getattr(options.parse_args_and_arch, "__hkd_full_help__", False):
+        options.parse_args_and_arch = _parse_args_and_arch_with_full_help(options.parse_args_and_arch)
+
+
+_install_full_help()

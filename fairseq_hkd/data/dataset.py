@@ -171,7 +171,7 @@ class CifAsrDataset(FairseqDataset):
             feats = spec_augment(feats, self.specaugment, rng)
         teacher = None
         if self.teacher_store is not None:
-            teacher = torch.from_numpy(np.asarray(self.teacher_store.get(entry.id), dtype=np.float32))
+            teacher = torch.from_numpy(np.array(self.teacher_store.get(entry.id), dtype=np.float32))  # copy off the memmap
         return {"id": index, "source": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
                 "target": self.targets[index], "teacher": teacher}
 

@@ -55,6 +55,7 @@ class Units:
         spm_model: Optional[str] = None,
         lowercase: bool = False,
     ):
+        unit = str(unit)  # fairseq passes a ChoiceEnum member
         if unit not in UNIT_TYPES:
             raise ValueError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
         self.unit = unit

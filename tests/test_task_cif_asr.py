@@ -1,0 +1,173 @@
+"""The cif_asr task: CLI registration, the sample dict contract, batching, filtering, SpecAugment,
+teacher states, and word decoding for fairseq-generate."""
+import logging
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from corpus import setup_task
+from fairseq_hkd.data.audio import read_audio
+from fairseq_hkd.data.features import fbank, store_cli_main, utterance_cmvn
+from fairseq_hkd.data.manifest import read_manifest
+
+TASK_OPTIONS = ["--unit", "--tokenizer-dir", "--spm-model", "--max-unk-ratio", "--strict-sample-rate", "--cmvn",
+                "--feature-store", "--spec-aug-freq-width", "--spec-aug-time-width", "--max-source-frames",
+                "--load-teacher", "--teacher-dir"]
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative", "absolute"])
+def test_fairseq_train_cli_lists_task_options(repo_root, venv_bin, tmp_path, absolute):
+    user_dir = str(repo_root / "fairseq_hkd") if absolute else "fairseq_hkd"
+    cwd = tmp_path if absolute else repo_root
+    r = subprocess.run([str(venv_bin / "fairseq-train"), "--user-dir", user_dir, "--task", "cif_asr", "--help"],
+                       cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for opt in TASK_OPTIONS:
+        assert opt in r.stdout, f"{opt} missing from fairseq-train --help"
+
+
+@pytest.fixture
+def data(tiny_corpus, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_corpus, dst)
+    return dst
+
+
+def batches(task, split, max_tokens=100000, epoch=1, num_workers=0, **kw):
+    itr = task.get_batch_iterator(task.dataset(split), max_tokens=max_tokens, max_positions=task.max_positions(),
+                                  num_workers=num_workers, epoch=epoch, **kw)
+    return list(itr.next_epoch_itr(shuffle=False))
+
+
+def test_sample_dict_contract(tiny_corpus):
+    task = setup_task(tiny_corpus)
+    task.load_dataset("valid")
+    entries = {e.id: e for e in read_manifest(tiny_corpus / "valid.tsv")}
+    (s,) = batches(task, "valid")
+    d, B = task.target_dictionary, 4
+    assert (d.bos(), d.pad(), d.eos(), d.unk()) == (0, 1, 2, 3)
+    assert s["id"].dtype == torch.long and s["id"].shape == (B,) and sorted(s["utt_id"]) == sorted(entries)
+    src, src_len = s["net_input"]["src_tokens"], s["net_input"]["src_lengths"]
+    assert src.dtype == torch.float32 and src.shape == (B, int(src_len.max()), 80)
+    for b, uid in enumerate(s["utt_id"]):
+        n = entries[uid].n_samples
+        assert src_len[b] == 1 + (n - 400) // 160
+        expected = utterance_cmvn(fbank(read_audio(entries[uid].audio)))  # valid: no SpecAugment
+        np.testing.assert_allclose(src[b, : src_len[b]].numpy(), expected, atol=1e-5)
+        assert (src[b, src_len[b]:] == 0).all()
+        words = entries[uid].tgt_text
+        S = int(s["target_lengths"][b])
+        tgt = s["target"][b]
+        assert S == len(words) + 1 and tgt[S - 1] == d.eos() and (tgt[S:] == d.pad()).all()
+        assert task.build_bpe(None).decode(d.string(tgt[:S])) == words
+        prev = s["net_input"]["prev_output_tokens"][b]
+        assert prev[0] == d.eos() and torch.equal(prev[1:S], tgt[: S - 1]) and (prev[S:] == d.pad()).all()
+    assert s["ntokens"] == int(s["target_lengths"].sum()) and s["nsentences"] == B
+    assert "teacher_states" not in s
+
+
+def test_batches_by_frames_keep_every_utterance(tiny_corpus):
+    task = setup_task(tiny_corpus)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    max_frames = 2 * int(ds.src_sizes.max())
+    bs = batches(task, "train", max_tokens=max_frames, required_batch_size_multiple=8)
+    seen = sorted(int(i) for b in bs for i in b["id"])
+    assert seen == list(range(len(ds)))  # fairseq alone would drop the last batch (see compat.py)
+    for b in bs:
+        assert b["net_input"]["src_tokens"].shape[0] * b["net_input"]["src_tokens"].shape[1] <= max_frames
+
+
+def test_length_filter_counts_and_raises(tiny_corpus, caplog):
+    task = setup_task(tiny_corpus, "--max-source-frames", "100", "--min-source-frames", "80")
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    keep = (ds.src_sizes <= 100) & (ds.src_sizes >= 80)
+    assert 0 < keep.sum() < len(ds)
+    with caplog.at_level(logging.WARNING):
+        kept = task.filter_indices_by_size(np.arange(len(ds)), ds, task.max_positions(), ignore_invalid_inputs=True)
+    assert sorted(kept) == list(np.flatnonzero(keep))
+    assert any(f"{(~keep).sum()} of {len(ds)} utterances outside the size limits" in r.message for r in caplog.records)
+    with pytest.raises(ValueError, match=r"train\.tsv:\d+ .*--skip-invalid-size-inputs-valid-test"):
+        task.filter_indices_by_size(np.arange(len(ds)), ds, task.max_positions(), ignore_invalid_inputs=False)
+
+
+def test_specaugment_only_in_training_and_new_masks_each_epoch(tiny_corpus):
+    task = setup_task(tiny_corpus)
+    plain = setup_task(tiny_corpus, "--spec-aug-prob", "0")
+    for t in (task, plain):
+        t.load_dataset("train")
+        t.load_dataset("valid")
+    assert task.dataset("train").specaugment is not None and task.dataset("valid").specaugment is None
+    # valid is never masked; train is masked (whole frequency bands / frame spans set to 0)
+    for i in range(len(task.dataset("valid"))):
+        assert torch.equal(task.dataset("valid")[i]["source"], plain.dataset("valid")[i]["source"])
+    n_masked = 0
+    for i in range(len(task.dataset("train"))):
+        aug, ref = task.dataset("train")[i]["source"], plain.dataset("train")[i]["source"]
+        changed = aug != ref
+        assert (aug[changed] == 0).all()
+        n_masked += int(changed.any())
+    assert n_masked >= len(task.dataset("train")) - 1  # a zero-width draw can leave one untouched
+    # through fairseq's iterator with a worker process: masks differ between epochs, valid does not change
+    def by_utt(split, epoch):
+        out = {}
+        for b in batches(task, split, epoch=epoch, num_workers=1):
+            for k, uid in enumerate(b["utt_id"]):
+                out[uid] = b["net_input"]["src_tokens"][k, : b["net_input"]["src_lengths"][k]]
+        return out
+    tr1, tr2 = by_utt("train", 1), by_utt("train", 2)
+    assert any(not torch.equal(tr1[u], tr2[u]) for u in tr1)
+    va1, va2 = by_utt("valid", 1), by_utt("valid", 2)
+    assert all(torch.equal(va1[u], va2[u]) for u in va1)
+
+
+def test_feature_store_and_global_cmvn_options(data):
+    from fairseq_hkd.data.features import cmvn_cli_main
+
+    store_cli_main([str(data), "--splits", "valid", "--dtype", "float32"])
+    cmvn_cli_main([str(data), "--split", "train"])
+    stored = setup_task(data, "--feature-store", "yes", "--cmvn", "global")
+    audio = setup_task(data, "--feature-store", "no", "--cmvn", "global")
+    for t in (stored, audio):
+        t.load_dataset("valid")
+    assert type(stored.dataset("valid").features).__name__ == "StoredFeatures"
+    for i in range(4):
+        np.testing.assert_allclose(stored.dataset("valid")[i]["source"], audio.dataset("valid")[i]["source"], atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="fairseq-hkd-feature-store"):
+        stored.load_dataset("train")
+
+
+def test_teacher_states_padded_into_sample(data):
+    from fairseq_hkd.teacher.store import TeacherStoreWriter
+
+    task = setup_task(data)
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    D = 6
+    rng = np.random.default_rng(0)
+    states = {e.id: rng.standard_normal((len(t), D)).astype(np.float32) for e, t in zip(ds.entries, ds.targets)}
+    w = TeacherStoreWriter(str(data), "valid", [(u, len(s)) for u, s in states.items()], D,
+                           fingerprint={"units": task.units.fingerprint()})
+    for u, s in states.items():
+        w.write(u, s)
+    w.close()
+    task = setup_task(data, "--load-teacher", "yes")
+    assert task.teacher_dim is None  # only the training split's store defines it before loading
+    task.load_dataset("valid")
+    assert task.teacher_dim == D
+    (s,) = batches(task, "valid")
+    ts = s["teacher_states"]
+    assert ts.dtype == torch.float32 and ts.shape == (*s["target"].shape, D)
+    for b, uid in enumerate(s["utt_id"]):
+        S = int(s["target_lengths"][b])
+        np.testing.assert_array_equal(ts[b, :S].numpy(), states[uid])
+        assert (ts[b, S:] == 0).all()
+    with pytest.raises(FileNotFoundError, match="no teacher store for split 'train'"):
+        task.load_dataset("train")
+    off = setup_task(data, "--load-teacher", "no")
+    off.load_dataset("valid")
+    assert "teacher_states" not in batches(off, "valid")[0]
