@@ -133,5 +133,5 @@ class CifCriterion(FairseqCriterion):
 
 
 def _ratio(meters, num: str, den: str, scale: float) -> float:
-    d = meters[den].sum
-    return round(scale * meters[num].sum / d, 3) if d > 0 else float("nan")
+    d = float(meters[den].sum)  # sums are tensors after a distributed all-reduce
+    return round(scale * float(meters[num].sum) / d, 3) if d > 0 else float("nan")
