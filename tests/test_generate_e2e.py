@@ -23,11 +23,20 @@ pytestmark = pytest.mark.slow
 TRAIN_EPOCHS = 120
 
 
+_TRAINED = {}  # one training run per session, even when other modules import the fixture
+
+
 @pytest.fixture(scope="session")
 def trained_cif(tmp_path_factory, venv_bin):
+    """The overfit cif_tiny run: SimpleNamespace(data, save_dir, ckpt). Epoch checkpoints every 40."""
+    if "run" not in _TRAINED:
+        _TRAINED["run"] = train_tiny_cif(tmp_path_factory.mktemp("trained_cif"), venv_bin)
+    return _TRAINED["run"]
+
+
+def train_tiny_cif(root, venv_bin):
     from corpus import make_tiny_corpus
 
-    root = tmp_path_factory.mktemp("trained_cif")
     data = make_tiny_corpus(root / "data", n_train=4, n_valid=2)
     shutil.copy(data / "train.tsv", data / "test.tsv")
     save_dir = root / "ckpt"
