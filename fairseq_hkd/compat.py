@@ -4,22 +4,22 @@ Imported first by ``fairseq_hkd/__init__.py``, so the shims are in place before 
 fairseq-generate or a Python user touch a checkpoint or a batch.
 """
 import argparse
+import collections
 import functools
 import sys
-import logging
+import typing
 from typing import List
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 
 # 1. Checkpoints under torch.load(weights_only=True) -------------------------------------------------
 # Reason: torch >= 2.6 loads with weights_only=True by default and fairseq 0.12's load_checkpoint_to_cpu
 # calls torch.load without the argument; fairseq checkpoints pickle an argparse.Namespace ("args", and
-# cfg.model for argparse-registered archs), numpy scalars/dtypes (best/val loss in extra_state) and, from
-# some code paths, omegaconf containers. We allow exactly these types instead of weights_only=False.
+# cfg.model for argparse-registered archs), numpy scalars/dtypes (best/val loss in extra_state) and, in
+# older fairseq versions' checkpoints, omegaconf containers. We allow exactly these types rather than
+# turning weights_only off.
 def _safe_checkpoint_globals() -> List:
     """The non-tensor types found in fairseq 0.12 checkpoints (checked by tests/test_compat.py)."""
     safe = [argparse.Namespace, np.dtype, np.ndarray]
@@ -33,21 +33,16 @@ def _safe_checkpoint_globals() -> List:
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    # omegaconf containers and their node/metadata types (cfg objects pickled by older fairseq paths).
+    # omegaconf containers (a DictConfig cfg, as in checkpoints of older fairseq versions): their node
+    # and metadata classes, plus the builtin types and typing.Any they record as key/element types.
     try:
         import omegaconf
         from omegaconf import nodes
         from omegaconf.base import ContainerMetadata, Metadata
 
         safe += [omegaconf.DictConfig, omegaconf.ListConfig, ContainerMetadata, Metadata, nodes.AnyNode,
-                 nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, nodes.EnumNode]
-    except ImportError:
-        pass
-    # fairseq's ChoiceEnum values (e.g. cfg.task.unit) when a cfg is pickled without enum_to_str.
-    try:
-        from fairseq.dataclass.constants import StrEnum
-
-        safe.append(StrEnum)
+                 nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
+                 typing.Any, dict, list, int, float, str, bool, collections.defaultdict]
     except ImportError:
         pass
     return safe
@@ -57,13 +52,6 @@ def allow_fairseq_checkpoints() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch >= 2.4; older torch loads everything anyway
         add(_safe_checkpoint_globals())
-
-
-def allow_enum_class(enum_cls) -> None:
-    """Allow one more enum class (fairseq ChoiceEnums are created dynamically per config field)."""
-    add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is not None:
-        add([enum_cls])
 
 
 allow_fairseq_checkpoints()

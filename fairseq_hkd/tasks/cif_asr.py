@@ -118,7 +118,7 @@ class CifAsrTask(FairseqTask):
         self.units = units
         self._teacher_dim: Optional[int] = None
         self._teacher_identity: Optional[dict] = None
-        self.model_dim: Optional[int] = None  # set by build_model (decoder / CIF embedding width)
+        self.student_dims: Optional[dict] = None  # set by build_model
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
@@ -238,12 +238,11 @@ class CifAsrTask(FairseqTask):
 
     # model / generation -------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint: bool = False):
+        """Build the model and record what criterions need from it: ``student_dims`` = widths of the
+        CIF embeddings and of the decoder's pre-final states (the cif_hkd projections' inputs)."""
         model = super().build_model(cfg, from_checkpoint)
-        for name in ("decoder_embed_dim", "encoder_embed_dim"):
-            if getattr(cfg, name, None):
-                self.model_dim = int(getattr(cfg, name))
-                break
-        self.student_dims = {"cif": int(model.encoder_embed_dim), "decoder": int(model.decoder_embed_dim)}  # cif_hkd
+        enc, dec = getattr(model, "encoder_embed_dim", None), getattr(model, "decoder_embed_dim", None)
+        self.student_dims = {"cif": int(enc), "decoder": int(dec)} if enc and dec else None
         return model
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
