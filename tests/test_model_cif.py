@@ -107,6 +107,7 @@ def test_ctc_sees_exact_lengths_after_subsampling_and_pooling():
     enc = model.forward_encoder(x, L)
     by_hand = [-(-(-(-(-(-n // 2)) // 2)) // 2) for n in lengths]  # ceil thrice
     assert enc["encoder_lengths"].tolist() == by_hand == [8, 5, 3]
+    assert model.encoder_output_lengths(L).tolist() == by_hand
     logits = model.forward_ctc(enc)
     assert logits.shape[:2] == enc["encoder_out"].shape[:2]
     for i, n in enumerate(lengths):

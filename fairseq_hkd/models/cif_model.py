@@ -141,6 +141,11 @@ class CifModel(BaseFairseqModel):
     def max_positions(self):
         return self.cfg.max_source_positions * self.encoder.downsample, self.decoder.max_positions()
 
+    def encoder_output_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
+        """[B] fbank frames -> [B] encoder frames. Teacher-forced training needs S <= this
+        (a frame carries at most one token); tasks can filter on it before batching."""
+        return self.encoder.output_lengths(src_lengths)
+
     # steps used by criterions and the generator ------------------------------------------------
     def forward_encoder(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
         """src_tokens [B, T, F], src_lengths [B] -> dict(encoder_out [B, T', D],
