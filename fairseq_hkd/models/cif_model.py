@@ -36,7 +36,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 
 from fairseq_hkd.models.cif_decoder import CifDecoder
 from fairseq_hkd.models.cif_middleware import CifMiddleware
-from fairseq_hkd.models.conformer_encoder import ConformerEncoder
+from fairseq_hkd.models.conformer_encoder import ConformerEncoder, lengths_to_padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class CifModel(BaseFairseqModel):
         (teacher forcing, with ``target_lengths``); the NAR decoder ignores it."""
         encoder = self.forward_encoder(src_tokens, src_lengths)
         alpha, cif_out = self.forward_cif(encoder, target_lengths)
-        cif_padding_mask = _lengths_to_padding_mask(cif_out.lengths, cif_out.embeddings.size(1))
+        cif_padding_mask = lengths_to_padding_mask(cif_out.lengths, cif_out.embeddings.size(1))
         if self.decoder.autoregressive and prev_output_tokens is None:
             raise ValueError("the autoregressive CIF decoder needs prev_output_tokens (use the generator to decode)")
         logits, extra = self.decoder(prev_output_tokens, cif_out.embeddings, cif_padding_mask)
@@ -192,10 +192,6 @@ class CifModel(BaseFairseqModel):
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
 # architectures -------------------------------------------------------------------------------
