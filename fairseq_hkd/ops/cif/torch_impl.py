@@ -10,13 +10,10 @@ Each frame feeds at most two tokens and the token ids are non-decreasing along
 (frame, left, right), so the 2*B*T (frame, token, weight) entries, flattened with token id
 b*N + j, are already sorted by output row. ``F.embedding_bag`` with per-sample weights then does
 the whole forward in one fused pass over h (no [B, T, C] temporaries, no scatter). The backward
-is the same gather the other way round plus two row dot products:
+gathers g at each frame's two tokens (one pass over h, in cache-sized chunks of frames):
 
-    grad_h[b, t] = wl[b,t] * g[b, il] + wr[b,t] * g[b, ir]     (embedding_bag over g, bags of 2)
+    grad_h[b, t] = wl[b,t] * g[b, il] + wr[b,t] * g[b, ir]
     grad_wl[b, t] = g[b, il] . h[b, t],   grad_wr[b, t] = g[b, ir] . h[b, t]
-
-grad_wr only differs from grad_wl on firing frames (il == ir elsewhere), so it is computed for
-those frames only.
 """
 from typing import Tuple
 
@@ -53,29 +50,40 @@ def gather_forward(
     return out.view(B, num_tokens, C).to(h.dtype)
 
 
-def _row_dot(x: Tensor, y: Tensor) -> Tensor:
-    """x, y [R, C] -> [R] row-wise dot products without a [R, C] temporary."""
-    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)
+CHUNK_ROWS = 512  # frames per backward chunk: its [CHUNK_ROWS, C] temporaries stay in cache
 
 
 def gather_backward(
     grad_out: Tensor, h: Tensor, wl: Tensor, wr: Tensor, il: Tensor, ir: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """grad_out [B, N, C] -> (grad_h [B, T, C], grad_wl [B, T], grad_wr [B, T])."""
+    """grad_out [B, N, C] -> (grad_h [B, T, C], grad_wl [B, T], grad_wr [B, T]).
+
+    One pass over h in chunks of frames: gather g at the left and right tokens, dot with h,
+    and combine into grad_h while the chunk is in cache.
+    """
     B, T, C = h.shape
     N = grad_out.size(1)
     dtype = _compute_dtype(h)
     g = grad_out.reshape(B * N, C).to(dtype)
     h2 = h.reshape(B * T, C).to(dtype)
-    rows, weights = _entries(wl, wr, il, ir, N, dtype)
-    pairs = torch.arange(0, 2 * B * T, 2, device=h.device)
-    grad_h = F.embedding_bag(rows, g, pairs, mode="sum", per_sample_weights=weights)
+    base = (torch.arange(B, device=h.device) * N)[:, None]
+    rows_l, rows_r = (il + base).reshape(-1), (ir + base).reshape(-1)
+    w_l, w_r = wl.reshape(-1).to(dtype), wr.reshape(-1).to(dtype)
 
-    rows = rows.view(B * T, 2)
-    grad_wl = _row_dot(g.index_select(0, rows[:, 0]), h2)
-    grad_wr = grad_wl.clone()
-    firing = (rows[:, 1] != rows[:, 0]).nonzero().squeeze(1)
-    grad_wr[firing] = _row_dot(g.index_select(0, rows[firing, 1]), h2.index_select(0, firing))
+    grad_h = torch.empty_like(h2)
+    grad_wl, grad_wr = h2.new_empty(B * T), h2.new_empty(B * T)
+    rows = min(CHUNK_ROWS, B * T)
+    g_left, g_right, prod = (h2.new_empty(rows, C) for _ in range(3))
+    for start in range(0, B * T, rows):
+        end = min(start + rows, B * T)
+        n = end - start
+        gl, gr, tmp, hc, gh = g_left[:n], g_right[:n], prod[:n], h2[start:end], grad_h[start:end]
+        torch.index_select(g, 0, rows_l[start:end], out=gl)
+        torch.index_select(g, 0, rows_r[start:end], out=gr)
+        torch.sum(torch.mul(gl, hc, out=tmp), -1, out=grad_wl[start:end])
+        torch.sum(torch.mul(gr, hc, out=tmp), -1, out=grad_wr[start:end])
+        torch.mul(gl, w_l[start:end, None], out=gh)
+        gh.addcmul_(gr, w_r[start:end, None])
     return (
         grad_h.view(B, T, C).to(h.dtype),
         grad_wl.view(B, T).to(wl.dtype),
