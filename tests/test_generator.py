@@ -67,14 +67,14 @@ class MockModel(torch.nn.Module):
         self.decoder = MockDecoder(dictionary, dim, seed, autoregressive)
 
     def forward_encoder(self, src_tokens, src_lengths):
-        mask = torch.arange(src_tokens.size(1))[None, :] >= src_lengths[:, None]
+        mask = torch.arange(src_tokens.size(1), device=src_tokens.device)[None, :] >= src_lengths[:, None]
         return {"encoder_out": src_tokens, "encoder_padding_mask": mask, "encoder_lengths": src_lengths}
 
     def forward_cif(self, encoder_out, target_lengths=None, tail_threshold=None):
         h, lengths = encoder_out["encoder_out"], encoder_out["encoder_lengths"]
         valid = ~encoder_out["encoder_padding_mask"]
         emb = h * valid[..., None]
-        out = CifOutput(emb, lengths, valid, torch.arange(h.size(1)).expand(h.size(0), -1) * valid)
+        out = CifOutput(emb, lengths, valid, torch.arange(h.size(1), device=h.device).expand(h.size(0), -1) * valid)
         return valid.float(), out
 
 
@@ -239,3 +239,15 @@ def test_ensemble_rejected():
     d = make_dict(3)
     with pytest.raises(NotImplementedError, match="average"):
         CifGenerator([MockModel(d), MockModel(d)], d)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    d = make_dict(10)
+    model = MockModel(d, seed=7)
+    x, lengths = make_batch([6, 2, 0, 9], seed=7)
+    cpu = run(model, d, x, lengths, beam=4, nbest=2)
+    gpu = run(model.cuda(), d, x.cuda(), lengths.cuda(), beam=4, nbest=2)
+    for c, g in zip(cpu, gpu):
+        assert [h["tokens"].tolist() for h in c] == [h["tokens"].tolist() for h in g]
+        assert [h["score"] for h in c] == pytest.approx([h["score"] for h in g], abs=1e-4)

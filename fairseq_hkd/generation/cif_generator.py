@@ -239,10 +239,13 @@ class CifGenerator:
             order = (torch.arange(n_active, device=device)[:, None] * K + src_beam).view(-1)
             top_scores = top_scores.view(-1)
 
-            # 4. Reorder the state to the chosen parents and append the chosen tokens.
-            tokens, pos, finished = tokens[order], pos[order], finished[order]
-            self._reorder(decoder, incremental_state, order)
-            pos[:, step] = torch.where(finished, pos.new_zeros(()), top_scores - scores[order])
+            # 4. Reorder the state to the chosen parents (greedy: always the identity) and append
+            #    the chosen tokens.
+            if K > 1:
+                tokens, pos, finished = tokens[order], pos[order], finished[order]
+                self._reorder(decoder, incremental_state, order)
+                scores = scores[order]
+            pos[:, step] = torch.where(finished, pos.new_zeros(()), top_scores - scores)
             tokens[:, step + 1] = new_tok
             scores = top_scores
 
