@@ -121,7 +121,7 @@ def test_global_cmvn_missing_stats_names_the_fix(tmp_path):
 def test_feature_store_round_trip(corpus_copy, capsys, dtype, atol):
     store_cli_main([str(corpus_copy), "--splits", "valid", "--dtype", dtype])
     out = capsys.readouterr().out
-    assert "valid: 4 utterances" in out and "resampled 0" in out
+    assert "valid: 4 utterances" in out and "none resampled or down-mixed" in out
     manifest = corpus_copy / "valid.tsv"
     store = FeatureStore(str(corpus_copy), "valid", str(manifest))
     for e in read_manifest(manifest):
@@ -138,3 +138,21 @@ def test_feature_store_rejects_other_manifest(corpus_copy):
     (corpus_copy / "valid.tsv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match="rebuild it: fairseq-hkd-feature-store"):
         FeatureStore(str(corpus_copy), "valid", str(corpus_copy / "valid.tsv"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_feature_store_counts_resampled_files(corpus_copy, capsys, workers):
+    from fairseq_hkd.data.audio import resample
+
+    wav, _ = sf.read(corpus_copy / "wav" / "valid0001.wav", dtype="float32")
+    sf.write(corpus_copy / "wav" / "valid0001.wav", resample(wav, SR, 8000), 8000, subtype="PCM_16")
+    lines = (corpus_copy / "valid.tsv").read_text().splitlines()
+    fields = lines[2].split("\t")
+    fields[2] = str(sf.info(str(corpus_copy / "wav" / "valid0001.wav")).frames)
+    lines[2] = "\t".join(fields)
+    (corpus_copy / "valid.tsv").write_text("\n".join(lines) + "\n")
+    store_cli_main([str(corpus_copy), "--splits", "valid", "--dtype", "float32", "--workers", str(workers)])
+    assert "resampled to 16000 Hz: 1" in capsys.readouterr().out
+    e = read_manifest(corpus_copy / "valid.tsv")[1]
+    store = FeatureStore(str(corpus_copy), "valid")
+    np.testing.assert_array_equal(store.get(e.id), fbank(read_audio(e.audio, expected_samples=e.n_samples)))

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -191,25 +192,36 @@ class FeatureStore:
 
 
 def _features_of(entry, strict_sample_rate: bool):
+    """(raw log-mel [T, 80], {event: count} of resampling / down-mixing for this file)."""
+    before = dict(COUNTERS.counts)
     wav = read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=strict_sample_rate)
-    return fbank(wav)
+    return fbank(wav), {k: v - before.get(k, 0) for k, v in COUNTERS.counts.items() if v != before.get(k, 0)}
 
 
-def iter_features(manifest: str, strict_sample_rate: bool = False, workers: int = 1) -> Iterator[Tuple[str, np.ndarray]]:
-    """(utt_id, raw log-mel [T, 80]) for every manifest line, in manifest order."""
+def iter_features(manifest: str, strict_sample_rate: bool = False, workers: int = 1,
+                  counts: Optional[Counter] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """(utt_id, raw log-mel [T, 80]) for every manifest line, in manifest order. Resampled /
+    down-mixed files are added to ``counts`` (also when computed in worker processes)."""
     from functools import partial
 
     entries = read_manifest(manifest)
     fn = partial(_features_of, strict_sample_rate=strict_sample_rate)
     if workers <= 1:
-        for e in entries:
-            yield e.id, fn(e)
+        results = map(fn, entries)
+        pool = None
     else:
         from multiprocessing import Pool
 
-        with Pool(workers) as pool:
-            for e, feats in zip(entries, pool.imap(fn, entries, chunksize=8)):
-                yield e.id, feats
+        pool = Pool(workers)
+        results = pool.imap(fn, entries, chunksize=8)
+    try:
+        for e, (feats, events) in zip(entries, results):
+            if counts is not None:
+                counts.update(events)
+            yield e.id, feats
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 def write_store(data_dir: str, split: str, dtype: str = "float16", workers: int = 1,
@@ -222,9 +234,9 @@ def write_store(data_dir: str, split: str, dtype: str = "float16", workers: int 
     bin_path, index_path = store_paths(data_dir, split)
     tmp_bin = bin_path.with_suffix(bin_path.suffix + ".tmp")
     ids, offsets, frames = [], [], []
-    offset, t0 = 0, time.time()
+    offset, t0, counts = 0, time.time(), Counter()
     with open(tmp_bin, "wb") as f:
-        for uid, feats in tqdm(iter_features(manifest, strict_sample_rate, workers), total=n_utts,
+        for uid, feats in tqdm(iter_features(manifest, strict_sample_rate, workers, counts), total=n_utts,
                                desc=f"fbank {split}", unit="utt", disable=not progress):
             f.write(np.ascontiguousarray(feats, dtype=dtype).tobytes())
             ids.append(uid)
@@ -235,7 +247,8 @@ def write_store(data_dir: str, split: str, dtype: str = "float16", workers: int 
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump({"meta": store_meta(manifest, dtype), "ids": ids, "offsets": offsets, "frames": frames}, f)
     return {"split": split, "utterances": len(ids), "frames": offset, "hours": offset * FRAME_SHIFT_MS / 3.6e6,
-            "bytes": bin_path.stat().st_size, "seconds": time.time() - t0, "path": str(bin_path)}
+            "bytes": bin_path.stat().st_size, "seconds": time.time() - t0, "path": str(bin_path),
+            "counts": dict(counts)}
 
 
 def store_cli_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -252,10 +265,9 @@ def store_cli_main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for split in args.splits:
         s = write_store(args.data_dir, split, args.dtype, args.workers, args.strict_sample_rate)
+        counts = ", ".join(f"{k}: {v}" for k, v in s["counts"].items()) or "none resampled or down-mixed"
         print(f"{s['split']}: {s['utterances']} utterances, {s['frames']} frames ({s['hours']:.2f} h) "
-              f"-> {s['path']} ({s['bytes'] / 2**20:.1f} MiB) in {s['seconds']:.1f} s; "
-              f"resampled {sum(v for k, v in COUNTERS.counts.items() if k.startswith('resampled'))}, "
-              f"down-mixed {COUNTERS.counts['down-mixed to mono']}")
+              f"-> {s['path']} ({s['bytes'] / 2**20:.1f} MiB) in {s['seconds']:.1f} s; {counts}")
 
 
 def cmvn_cli_main(argv: Optional[Sequence[str]] = None) -> None:
