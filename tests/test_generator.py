@@ -251,3 +251,76 @@ def test_cuda_matches_cpu():
     for c, g in zip(cpu, gpu):
         assert [h["tokens"].tolist() for h in c] == [h["tokens"].tolist() for h in g]
         assert [h["score"] for h in c] == pytest.approx([h["score"] for h in g], abs=1e-4)
+
+
+def build_real_model(decoder_type="autoregressive", vocab=20, seed=0):
+    """cif_tiny with random weights (the real decoder: fairseq attention with incremental state)."""
+    from types import SimpleNamespace
+
+    from fairseq_hkd.models.cif_model import ARCHITECTURES, CifModel, CifModelConfig
+
+    d = make_dict(vocab)
+    torch.manual_seed(seed)
+    cfg = CifModelConfig(**{**ARCHITECTURES["cif_tiny"], "decoder_type": decoder_type})
+    return CifModel.build_model(cfg, SimpleNamespace(target_dictionary=d)).eval(), d
+
+
+def real_cif_outputs(model, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    src = torch.randn(len(lengths), int(lengths.max()), 80, generator=g)
+    with torch.no_grad():
+        _, cif = model.forward_cif(model.forward_encoder(src, lengths))
+    return cif.embeddings, cif.lengths
+
+
+def test_real_decoder_batch_equals_one_by_one():
+    """Incremental state reordering and batch shrinking with fairseq's attention caches."""
+    model, d = build_real_model()
+    emb, n = real_cif_outputs(model, [300, 90, 220, 160])
+    assert len(set(n.tolist())) > 1
+    gen = CifGenerator([model], d, beam_size=5, nbest=3)
+    with torch.no_grad():
+        batch = gen.beam_search(emb, n)
+        for b in range(len(n)):
+            alone = gen.beam_search(emb[b : b + 1, : int(n[b])], n[b : b + 1])
+            w = alone.tokens.size(2)
+            assert batch.lengths[b].tolist() == alone.lengths[0].tolist()
+            assert batch.tokens[b, :, :w].tolist() == alone.tokens[0].tolist()
+            assert (batch.tokens[b, :, w:] == d.pad()).all()
+            torch.testing.assert_close(batch.scores[b], alone.scores[0], atol=1e-4, rtol=0)
+
+
+def test_real_decoder_greedy_equals_full_recompute():
+    model, d = build_real_model(seed=1)
+    emb, n = real_cif_outputs(model, [200, 120], seed=1)
+    gen = CifGenerator([model], d, beam_size=1)
+    with torch.no_grad():
+        res = gen.beam_search(emb, n)
+        for b in range(len(n)):
+            prefix = [d.eos()]
+            for i in range(int(n[b])):
+                logits, _ = model.decoder(torch.tensor([prefix]), emb[b : b + 1, : i + 1], None)
+                lp = torch.log_softmax(logits[0, -1].double(), -1)
+                lp[d.bos()] = lp[d.pad()] = -math.inf
+                prefix.append(int(lp.argmax()))
+                if prefix[-1] == d.eos():
+                    break
+            ref = prefix[1:] + ([] if prefix[-1] == d.eos() and len(prefix) > 1 else [d.eos()])
+            assert res.tokens[b, 0, : int(res.lengths[b, 0])].tolist() == ref
+
+
+def test_real_nar_decoder_argmax():
+    model, d = build_real_model("non_autoregressive", seed=2)
+    emb, n = real_cif_outputs(model, [150, 100], seed=2)
+    gen = CifGenerator([model], d, beam_size=3)
+    with torch.no_grad():
+        res = gen.nar_argmax(emb, n)
+        mask = torch.arange(emb.size(1))[None, :] >= n[:, None]
+        logits, _ = model.decoder(None, emb, mask)
+    for b in range(len(n)):
+        lp = torch.log_softmax(logits[b, : int(n[b])].double(), -1)
+        lp[:, d.bos()] = lp[:, d.pad()] = -math.inf
+        ref = lp.argmax(-1).tolist()
+        ref = ref[: ref.index(d.eos()) + 1] if d.eos() in ref else ref + [d.eos()]
+        assert res.tokens[b, 0, : int(res.lengths[b, 0])].tolist() == ref
