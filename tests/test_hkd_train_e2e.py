@@ -3,6 +3,7 @@ from a tiny random BERT (char units, mean-pooled word pieces); then resume (the 
 projections are checkpointed) and fairseq-generate (which never needs them)."""
 import logging
 import re
+import shutil
 
 import pytest
 import torch
@@ -31,22 +32,34 @@ def _generate(argv):
     main(options.parse_args_and_arch(parser, [str(a) for a in argv]))
 
 
-def test_fairseq_train_cif_hkd_resume_and_generate(tmp_path, caplog):
+@pytest.fixture(scope="module")
+def hkd_data(tmp_path_factory):
+    """Tiny corpus (char units) with train/valid teacher stores from a tiny random BERT."""
     from corpus import make_tiny_corpus
 
-    data = make_tiny_corpus(tmp_path / "data", n_train=4, n_valid=2)
-    plm = make_tiny_plm(tmp_path / "plm")
+    root = tmp_path_factory.mktemp("hkd")
+    data = make_tiny_corpus(root / "data", n_train=4, n_valid=2)
+    plm = make_tiny_plm(root / "plm")
     for split in ("train", "valid"):
         extract_teacher(str(data / f"{split}.tsv"), plm, "char", dtype="float16", progress=False)
-    save = tmp_path / "ckpt"
-    caplog.set_level(logging.INFO)
-    train = [
+    return data
+
+
+def _train_args(data, save):
+    return [
         data, "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--load-teacher", "yes",
         "--arch", "cif_tiny", "--criterion", "cif_hkd", "--acd-negatives", "700", "--lrd-weight", "0.01",
         "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "20000", "--spec-aug-prob", "0",
         "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1", "--log-interval", "1",
         "--no-progress-bar", "--log-format", "simple", "--no-epoch-checkpoints",
     ]
+
+
+def test_fairseq_train_cif_hkd_resume_and_generate(hkd_data, tmp_path, caplog):
+    data = hkd_data
+    save = tmp_path / "ckpt"
+    caplog.set_level(logging.INFO)
+    train = _train_args(data, save)
     _train(train + ["--max-update", "1"])
     log = caplog.text
     assert re.search(r"acd_loss [\d.]+ .*lrd_loss [\d.]+", log), log[-2000:]
@@ -69,3 +82,17 @@ def test_fairseq_train_cif_hkd_resume_and_generate(tmp_path, caplog):
                 "--batch-size", "2", "--load-teacher", "no"])
     out = (tmp_path / "gen" / "generate-valid.txt").read_text()
     assert len(re.findall(r"^H-\d+\t", out, re.M)) == 2, out
+
+
+def test_fairseq_train_stops_on_a_stale_teacher_store(hkd_data, tmp_path):
+    """A transcript edited after extraction: loading the split names the utterance and the fix."""
+    data = tmp_path / "data"
+    shutil.copytree(hkd_data, data)
+    lines = (data / "valid.tsv").read_text().splitlines()
+    fields = lines[2].split("\t")
+    fields[3] += " cat"
+    lines[2] = "\t".join(fields)
+    (data / "valid.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"utterance '{fields[0]}' .*teacher store has \d+ states but the target "
+                                         rf"has \d+ tokens.*fairseq-hkd-extract-teacher"):
+        _train(_train_args(data, tmp_path / "ckpt") + ["--max-update", "1"])
