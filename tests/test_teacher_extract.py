@@ -56,7 +56,9 @@ def test_pool_matrix_hand_case():
         [0, 0, 1, 0],
         [0, 0, 0.5, 0.5],      # 'aying' overlaps 'play' and '##ing'
     ])
-    np.testing.assert_array_equal(pool_matrix(units, tokens), expected)
+    P, unmatched = pool_matrix(units, tokens)
+    np.testing.assert_array_equal(P, expected)
+    assert unmatched == 2  # the two spaces
     h = np.arange(6 * 2, dtype=np.float64).reshape(6, 2)  # [CLS] 4 tokens [SEP]
     out = align_states(h, "char", 6, expected)
     assert out.shape == (7, 2)

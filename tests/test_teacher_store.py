@@ -36,6 +36,18 @@ def test_round_trip(tmp_path, dtype, tol):
     store.check(["u3", "u1"], [5, 3], UNITS)  # subset, any order: fine
 
 
+def test_pickle_ships_paths_not_rows(tmp_path):
+    import pickle
+
+    states = _write(tmp_path, lengths=(("u1", 3000), ("u2", 1)), dim=64)
+    store = open_teacher_store(str(tmp_path), "train")
+    blob = pickle.dumps(store)
+    assert len(blob) < 10_000  # the array itself is 768 kB
+    copy = pickle.loads(blob)
+    np.testing.assert_array_equal(copy.get("u1"), states["u1"])
+    assert copy.dim == 64 and copy.fingerprint == store.fingerprint
+
+
 def test_absent_store_is_none(tmp_path):
     assert open_teacher_store(str(tmp_path), "train") is None
     _write(tmp_path)

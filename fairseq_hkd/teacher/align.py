@@ -53,14 +53,15 @@ def unit_char_spans(symbols: Sequence[str], unit: str) -> Tuple[str, List[Span]]
     return "".join(parts), spans
 
 
-def pool_matrix(unit_spans: Sequence[Span], token_spans: Sequence[Span]) -> np.ndarray:
+def pool_matrix(unit_spans: Sequence[Span], token_spans: Sequence[Span]) -> Tuple[np.ndarray, int]:
     """Mean-pooling weights from PLM content tokens to ASR units.
 
     unit_spans [U] and token_spans [L] are ``(start, end)`` character spans in one text (token spans
-    from the tokenizer's offsets, special tokens excluded). Returns P [U, L] (float64) with rows
-    summing to 1: ``P @ H_content`` gives the unit states. Overlap is ``start < other_end and
-    end > other_start``; a unit with no overlapping token averages the nearest token ending at or
-    before its start and the nearest starting at or after its end.
+    from the tokenizer's offsets, special tokens excluded). Returns (P [U, L] float64 with rows
+    summing to 1, so that ``P @ H_content`` gives the unit states; the number of units that overlap
+    no token). Overlap is ``start < other_end and end > other_start``; a unit with no overlapping
+    token averages the nearest token ending at or before its start and the nearest starting at or
+    after its end.
     """
     U, L = len(unit_spans), len(token_spans)
     if L == 0:
@@ -68,14 +69,16 @@ def pool_matrix(unit_spans: Sequence[Span], token_spans: Sequence[Span]) -> np.n
     P = np.zeros((U, L), dtype=np.float64)
     starts = np.array([s for s, _ in token_spans])
     ends = np.array([e for _, e in token_spans])
+    unmatched = 0
     for j, (a, b) in enumerate(unit_spans):
         hit = np.flatnonzero((starts < b) & (ends > a))
         if hit.size == 0:
+            unmatched += 1
             before = np.flatnonzero(ends <= a)
             after = np.flatnonzero(starts >= b)
             hit = np.array([k for k in (before[-1] if before.size else None, after[0] if after.size else None) if k is not None])
         P[j, hit] = 1.0 / hit.size
-    return P
+    return P, unmatched
 
 
 def wordpiece_input_ids(symbols: Sequence[str], tokenizer, utt_id: str = "?") -> List[int]:

@@ -89,10 +89,7 @@ def prepare_item(utt: str, symbols: List[str], unit: str, tokenizer, max_len: in
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         if ids[0] != tokenizer.cls_token_id or ids[-1] != tokenizer.sep_token_id:
             raise ValueError(f"utterance {utt!r}: the tokenizer does not wrap text in [CLS] .. [SEP]; a BERT-like PLM is needed")
-        pool = pool_matrix(spans, [tuple(o) for o in offsets[1:-1]])
-        starts = np.array([o[0] for o in offsets[1:-1]])
-        ends = np.array([o[1] for o in offsets[1:-1]])
-        unmatched = sum(1 for a, b in spans if not ((starts < b) & (ends > a)).any())
+        pool, unmatched = pool_matrix(spans, [tuple(o) for o in offsets[1:-1]])
     if len(ids) > max_len:
         raise ValueError(
             f"utterance {utt!r}: {len(ids)} PLM tokens exceed the PLM's maximum length {max_len}; "
@@ -115,7 +112,8 @@ def load_plm(plm_dir: str, device: str):
 
 
 @torch.no_grad()
-def run_batch(model, items: List[_Item], pad_id: int, layer: int, device: str) -> List[np.ndarray]:
+def run_batch(model, items: List[_Item], pad_id: int, layer: int, device: str,
+              token_types: bool = True) -> List[np.ndarray]:
     """PLM states [len(ids), D] (float32) of each item, chosen layer (index into hidden_states)."""
     n = max(len(it.ids) for it in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
@@ -123,8 +121,8 @@ def run_batch(model, items: List[_Item], pad_id: int, layer: int, device: str) -
     for b, it in enumerate(items):
         ids[b, : len(it.ids)] = torch.tensor(it.ids)
         mask[b, : len(it.ids)] = 1
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                token_type_ids=torch.zeros_like(ids).to(device), output_hidden_states=layer != -1)
+    extra = {"token_type_ids": torch.zeros_like(ids).to(device)} if token_types else {}
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=layer != -1, **extra)
     h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
     h = h.float().cpu().numpy()
     return [h[b, : len(it.ids)] for b, it in enumerate(items)]
@@ -180,11 +178,13 @@ def extract_teacher(
     dim = int(model.config.hidden_size)
     writer = TeacherStoreWriter(out_dir, split, [(it.utt, it.num_units + 1) for it in items], dim, dtype, fp)
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))  # length-sorted batches: little padding
+    token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     plm_tokens = 0
     with tqdm(total=len(items), desc=f"extract {split}", unit="utt", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             batch = [items[i] for i in order[s : s + batch_size]]
-            for it, h in zip(batch, run_batch(model, batch, tokenizer.pad_token_id, layer, device)):
+            states = run_batch(model, batch, tokenizer.pad_token_id, layer, device, token_types)
+            for it, h in zip(batch, states):
                 writer.write(it.utt, align_states(h, unit, it.num_units, it.pool))
                 plm_tokens += len(it.ids)
             bar.update(len(batch))

@@ -112,6 +112,17 @@ class TeacherStore:
             raise ValueError(f"{path}: dtype {dtype}, fingerprint says {fp.get('dtype')}; {_EXTRACT_HINT}")
         return np.load(path, mmap_mode="r")
 
+    def __getstate__(self):
+        # Data-loader workers started with spawn pickle the dataset: ship paths, not the rows
+        # (pickling a memmap would copy the whole array); the copy maps the file again.
+        state = dict(self.__dict__)
+        state.pop("array")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.array = np.load(self.paths["array"], mmap_mode="r")
+
     def __len__(self) -> int:
         return len(self._index)
 
