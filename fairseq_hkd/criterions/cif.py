@@ -22,7 +22,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from fairseq_hkd.criterions import losses
+from fairseq_hkd.criterions import guards, losses
 
 __all__ = ["CifCriterion", "CifCriterionConfig"]
 
@@ -88,7 +88,9 @@ class CifCriterion(FairseqCriterion):
 
     # 2. fairseq interface ----------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
+        guards.check_inputs(sample)  # NaN/inf features or teacher states: an error naming the utterances
         terms, _, stats = self.compute_terms(model, sample)
+        guards.check_finite(terms, sample)  # NaN/inf: an error naming the term and the utterances
         loss = self.weighted_loss(terms)
         sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
         logging_output = {

@@ -91,6 +91,11 @@ class CifMiddleware(nn.Module):
             alpha [B, T] raw weights (float32, before scaling), CifOutput (embeddings [B, N, C]...).
         """
         alpha = self.predict_alpha(h, padding_mask)
+        if not bool(torch.isfinite(alpha).all()):  # NaN weights would make the op's fire plan meaningless
+            raise FloatingPointError(
+                f"CIF weights are NaN/inf for batch row(s) {(~torch.isfinite(alpha)).any(1).nonzero().flatten().tolist()}: "
+                "the encoder output is not finite; training diverged (lower --lr, keep --clip-norm) or the model "
+                "was loaded from a damaged checkpoint")
         if target_lengths is None:
             tail = self.tail_threshold if tail_threshold is None else tail_threshold
             return alpha, cif(alpha, h, padding_mask, threshold=self.threshold, tail_threshold=tail)
