@@ -167,3 +167,14 @@ def test_beam_never_scores_below_greedy(trained_cif, tmp_path):
         assert greedy.keys() == beam.keys()
         for i in greedy:
             assert beam[i]["score"] >= greedy[i]["score"] - 1e-6, (subset, i)
+
+
+def test_print_alignment_hard_gives_fire_frames(trained_cif, tmp_path):
+    text, parsed = fairseq_generate(trained_cif, tmp_path, "test", "--beam", "3", "--print-alignment", "hard")
+    aligned = dict(re.findall(r"^A-(\d+)\t(.*)$", text, re.M))
+    assert len(aligned) == 4
+    for i, line in aligned.items():
+        pairs = [tuple(int(x) for x in p.split("-")) for p in line.split()]
+        frames = [f for f, _ in pairs]
+        assert [t for _, t in pairs] == list(range(len(parsed[int(i)]["H"].split())))
+        assert frames == sorted(frames) and len(set(frames)) >= len(frames) - 1  # the tail may share a frame

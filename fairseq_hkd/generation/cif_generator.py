@@ -30,6 +30,10 @@ Beam search (beam 1 = greedy) keeps finished hypotheses inside the beam, so the 
 tensor program over the flattened ``[B * K]`` rows plus one Python loop over steps; utterances
 whose beams have all finished leave the batch (their incremental state is dropped).
 
+fairseq's length options (``--lenpen``, ``--max-len-a/b``, ``--min-len``, ``--unkpen``) do not
+apply: CIF fixes the number of steps. ``--print-alignment hard`` prints, per emitted token, the
+encoder frame whose weight completed it (``A-`` lines of ``frame-token`` pairs).
+
 The non-autoregressive decoder (``decoder.autoregressive == False``) is decoded with one argmax
 pass over all ``L_b`` positions, truncated by the same ``</s>`` rules (one hypothesis per
 utterance whatever ``--beam`` says).
@@ -89,7 +93,10 @@ def build_cif_generator(models, args, tgt_dict) -> "CifGenerator":
     """
     beam = int(getattr(args, "beam", 1) or 1)
     nbest = int(getattr(args, "nbest", 1) or 1)
-    return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest)
+    print_alignment = getattr(args, "print_alignment", None)
+    if print_alignment not in (None, "hard"):
+        raise NotImplementedError(f"--print-alignment {print_alignment}: CIF decoding gives hard alignments only")
+    return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard")
 
 
 class CifGenerator:
@@ -102,8 +109,10 @@ class CifGenerator:
         beam_size: int = 10,
         nbest: int = 1,
         tail_threshold: Optional[float] = None,
+        hard_alignment: bool = False,
     ):
-        """models: a one-model list; tail_threshold: None = the model's configured value."""
+        """models: a one-model list; tail_threshold: None = the model's configured value;
+        hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
@@ -119,6 +128,7 @@ class CifGenerator:
         self.beam_size = beam_size
         self.nbest = nbest
         self.tail_threshold = tail_threshold
+        self.hard_alignment = hard_alignment
         self.eos = tgt_dict.eos()
         self.pad = tgt_dict.pad()
         self.bos = tgt_dict.bos()
@@ -135,7 +145,9 @@ class CifGenerator:
         """fairseq's hook: ``sample["net_input"]`` -> per utterance a list of hypothesis dicts.
 
         Each hypothesis: ``tokens`` (long, ends with </s>), ``score`` (float, natural log),
-        ``positional_scores`` (float, one per token), ``alignment`` (None) and ``fires``
+        ``positional_scores`` (float, one per token), ``alignment`` (None, or with
+        ``hard_alignment`` a long [M, 2] of (encoder frame, token index) for the M tokens before
+        </s> that have a fire) and ``fires``
         (long [L_b]: encoder frame that completed each CIF token; the tail token gets the last
         valid frame).
         """
@@ -328,12 +340,16 @@ class CifGenerator:
                 n = lengths[b][k]
                 if n == 0:  # an empty slot (fewer distinct hypotheses than --nbest)
                     continue
+                alignment = None
+                if self.hard_alignment:
+                    m = min(n - 1, fires[b].numel())
+                    alignment = torch.stack([fires[b][:m], torch.arange(m)], dim=1)
                 utt.append(
                     {
                         "tokens": tokens[b, k, :n].clone(),
                         "score": scores[b][k],
                         "positional_scores": pos[b, k, :n].clone(),
-                        "alignment": None,
+                        "alignment": alignment,
                         "fires": fires[b],
                     }
                 )

@@ -113,9 +113,11 @@ class Recognizer:
         data_dir = task_cfg.get("data", None)
         if getattr(task_cfg, "_name", None) != "cif_asr":
             raise ValueError(f"{path} was trained with task {task_cfg.get('_name')!r}, not cif_asr")
-        if not data_dir or not os.path.isfile(os.path.join(data_dir, "dict.txt")) and not task_cfg.get("dict_path"):
+        dict_path = task_cfg.get("dict_path", None) or os.path.join(data_dir or "", "dict.txt")
+        if not data_dir or not os.path.isdir(data_dir) or not os.path.isfile(dict_path):
             raise FileNotFoundError(
-                f"{path} was trained on data directory {data_dir!r}, which has no dict.txt here; pass --data DIR "
+                f"{path} was trained on data directory {data_dir!r}, which is missing or has no {dict_path} here; "
+                "pass --data DIR "
                 "(a directory with the training dict.txt, and cmvn.npz if the model uses global CMVN)"
             )
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
