@@ -96,3 +96,38 @@ def test_fairseq_train_stops_on_a_stale_teacher_store(hkd_data, tmp_path):
     with pytest.raises(ValueError, match=rf"utterance '{fields[0]}' .*teacher store has \d+ states but the target "
                                          rf"has \d+ tokens.*fairseq-hkd-extract-teacher"):
         _train(_train_args(data, tmp_path / "ckpt") + ["--max-update", "1"])
+
+
+def test_task_batches_carry_wordpiece_teacher_states(tmp_path):
+    """wordpiece units end to end: build-dict + extract with the PLM, the task (its own Units from
+    --tokenizer-dir) accepts the store, and each batch row i holds the PLM state of token i + 1."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from corpus import make_tiny_corpus
+    from fairseq_hkd.teacher.build_dict import build_dict
+    from test_teacher_extract import _direct_states
+
+    plm = make_tiny_plm(tmp_path / "plm")
+    data = make_tiny_corpus(tmp_path / "data", n_train=3, n_valid=1, unit="wordpiece", tokenizer_dir=plm,
+                            synth="tones")
+    build_dict([str(data / "train.tsv"), str(data / "valid.tsv")], "wordpiece", plm_dir=plm,
+               out=str(data / "dict.txt"), progress=False)
+    extract_teacher(str(data / "train.tsv"), plm, "wordpiece", dtype="float32", progress=False)
+    argv = [str(data), "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--unit", "wordpiece",
+            "--tokenizer-dir", plm, "--load-teacher", "yes", "--arch", "cif_tiny", "--criterion", "cif_hkd"]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    assert task.teacher_dim == 16 and batch["teacher_states"].shape[:2] == batch["target"].shape
+    texts = {e.id: e.tgt_text for e in ds.entries}
+    for b, utt in enumerate(batch["utt_id"]):
+        ref, toks = _direct_states(plm, texts[utt])
+        S = int(batch["target_lengths"][b])
+        assert [task.target_dictionary[i] for i in batch["target"][b, : S - 1]] == toks[1:-1]
+        torch.testing.assert_close(batch["teacher_states"][b, :S].double(), torch.from_numpy(ref[1:]), atol=1e-5, rtol=0)
+        assert (batch["teacher_states"][b, S:] == 0).all()
+    with pytest.raises(FileNotFoundError, match="no teacher store for split 'valid'"):
+        task.load_dataset("valid")
