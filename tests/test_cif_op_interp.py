@@ -19,7 +19,8 @@ pytest.importorskip("triton")
 import test_cif_op as base  # noqa: E402  (module import: its tests are not re-collected)
 from fairseq_hkd.ops.cif import cif, torch_impl  # noqa: E402
 from fairseq_hkd.ops.cif import triton_kernels  # noqa: E402
-from fairseq_hkd.ops.cif.op import cif_gather  # noqa: E402
+from fairseq_hkd.ops.cif.op import cif_gather, cif_plan_triton  # noqa: E402
+from fairseq_hkd.ops.cif.plan import cif_plan  # noqa: E402
 
 IMPL = "triton"
 
@@ -98,3 +99,29 @@ def test_opcheck():
     for t in (h, wl, wr):
         t.requires_grad_()
     torch.library.opcheck(cif_gather, (h, wl, wr, il, ir, n, IMPL))
+
+
+@pytest.mark.parametrize("threshold,tail,max_tokens", [(1.0, 0.5, None), (0.75, None, 700)])
+def test_plan_kernel_matches_torch_plan_over_chunks(threshold, tail, max_tokens):
+    # T spans several PLAN_BLOCK_T chunks: carried prefix sums and the reverse pass
+    alpha, _, mask = base.random_case(2, 2500, 1, seed=4)
+    alpha = alpha.float()
+    a1, a2 = alpha.clone().requires_grad_(), alpha.clone().requires_grad_()
+    ref = cif_plan(a1, mask, threshold, tail, max_tokens, True)
+    out = cif_plan_triton(a2, mask, threshold, tail, ref.num_tokens, False)
+    for name, ours, theirs in [("idx_left", out[2], ref.idx_left), ("idx_right", out[3], ref.idx_right),
+                               ("fire_mask", out[4], ref.fire_mask), ("token_index", out[5], ref.token_index),
+                               ("lengths", out[6], ref.lengths)]:
+        assert torch.equal(ours, theirs), name
+    torch.testing.assert_close(out[0].double(), ref.w_left, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out[1].double(), ref.w_right, atol=1e-6, rtol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    gl, gr = torch.randn(2, 2500, generator=g), torch.randn(2, 2500, generator=g)
+    ((ref.w_left * gl.double()).sum() + (ref.w_right * gr.double()).sum()).backward()
+    ((out[0] * gl).sum() + (out[1] * gr).sum()).backward()
+    torch.testing.assert_close(a2.grad, a1.grad.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_plan_opcheck():
+    alpha, _, mask = base.random_case(2, 9, 1, seed=3)
+    torch.library.opcheck(cif_plan_triton, (alpha.float().requires_grad_(), mask, 1.0, 0.5, 6, False))

@@ -3,7 +3,8 @@
 - test_interpreter: runs tests/test_cif_op_interp.py in a subprocess with TRITON_INTERPRET=1
   (the variable must be set before the kernels are defined, and must not leak into the other
   test modules of this process).
-- test_aot_compile: compiles every kernel for sm_80 and sm_90 (PTX + cubin with triton's
+- test_aot_compile: compiles every kernel (gather and plan, forward and backward) for each
+  dtype for sm_80 and sm_90 (PTX + cubin with triton's
   ptxas) in a subprocess without TRITON_INTERPRET: proves the GPU code builds on a CPU machine.
 - GPU tests (skipped without CUDA): the kernels against the torch path at realistic sizes.
 """
@@ -44,12 +45,15 @@ AOT_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fairseq_hkd.ops.cif import triton_kernels as tk
+from fairseq_hkd.ops.cif import triton_kernels as tk, triton_plan as tp
 
 assert not tk.INTERPRET
 for cap in (80, 90):
     for dtype in tk.AOT_DTYPES:
-        for fn, signature, constexprs in tk.kernel_signatures(dtype):
+        kernels = tk.kernel_signatures(dtype)
+        if dtype in tp.AOT_DTYPES:
+            kernels += tp.kernel_signatures(dtype)
+        for fn, signature, constexprs in kernels:
             k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
                                target=GPUTarget("cuda", cap, 32))
             assert k.asm["cubin"] and ".entry " + fn.__name__ in k.asm["ptx"], fn.__name__
@@ -63,9 +67,10 @@ def test_aot_compile(tmp_path):
     proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=TESTS.parent, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    from fairseq_hkd.ops.cif.triton_kernels import AOT_DTYPES  # noqa: E402  (no kernels run)
+    from fairseq_hkd.ops.cif import triton_kernels, triton_plan  # (no kernels run here)
 
-    assert proc.stdout.count("compiled") == 2 * 2 * len(AOT_DTYPES)
+    per_arch = 2 * len(triton_kernels.AOT_DTYPES) + 2 * len(triton_plan.AOT_DTYPES)
+    assert proc.stdout.count("compiled") == 2 * per_arch, proc.stdout
 
 
 def _inputs(B, T, C, dtype, seed=0):

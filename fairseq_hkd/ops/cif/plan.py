@@ -51,6 +51,21 @@ def clamp_alpha(alpha: Tensor, padding_mask: Optional[Tensor], threshold: float)
     return a
 
 
+def resolve_num_tokens(lengths: Tensor, max_tokens: Optional[int], allow_overflow: bool) -> int:
+    """N: lengths.max() when max_tokens is None; else max_tokens, checked unless allowed."""
+    if max_tokens is None:
+        return int(lengths.max()) if lengths.numel() > 0 else 0
+    if not allow_overflow and lengths.numel() > 0:
+        longest = int(lengths.max())  # host sync: pass allow_overflow=True to avoid it
+        if longest > max_tokens:
+            raise ValueError(
+                f"cif: an utterance has {longest} tokens but max_tokens={max_tokens}; "
+                "raise max_tokens, or pass allow_overflow=True to keep the first "
+                "max_tokens tokens (lengths then still report the full counts)"
+            )
+    return int(max_tokens)
+
+
 def _shift_right(x: Tensor) -> Tensor:
     """[B, T] -> [B, T] with x[:, t-1] at t and 0 at t = 0."""
     if x.size(1) == 0:
@@ -91,18 +106,7 @@ def cif_plan(
     lengths = fires + tail.long()
 
     # 2. Output size N and the overflow rule.
-    if max_tokens is None:
-        num_tokens = int(lengths.max()) if lengths.numel() > 0 else 0
-    else:
-        num_tokens = int(max_tokens)
-        if not allow_overflow and lengths.numel() > 0:
-            longest = int(lengths.max())  # host sync: pass allow_overflow=True to avoid it
-            if longest > num_tokens:
-                raise ValueError(
-                    f"cif: an utterance has {longest} tokens but max_tokens={num_tokens}; "
-                    "raise max_tokens, or pass allow_overflow=True to keep the first "
-                    "max_tokens tokens (lengths then still report the full counts)"
-                )
+    num_tokens = resolve_num_tokens(lengths, max_tokens, allow_overflow)
 
     # 3. Weights: left part of each frame, right part of firing frames, scaled per token.
     wl = torch.where(fire, (k + 1).to(S.dtype) * threshold - P, a)

@@ -9,7 +9,9 @@ with il <= ir <= next frame's il along each row, so token j is fed by the contig
 [start_j, end_j) (start_j = first t with ir_t >= j, end_j = one past the last t with
 il_t <= j; both from ``torch.searchsorted`` on the device, no host sync).
 
-Forward: one program per (token, channel block) loops over its frames; each h row is read
+Forward: one program per (token, channel block) loops over its frames, skipping zero weights
+(so ``cif`` needn't zero padded h first: NaN/inf there never reach the outputs; the torch
+implementation multiplies, and ``cif`` zeroes padded h for it); each h row is read
 once (twice for a firing frame, which feeds two tokens; the second read hits L2) and each
 output row written once. Backward: one program per block of frames loops over channel blocks:
 
@@ -60,7 +62,8 @@ def cif_gather_fwd_kernel(
         w = tl.where(tl.load(il_ptr + r) == j, tl.load(wl_ptr + r), 0.0)
         w += tl.where(tl.load(ir_ptr + r) == j, tl.load(wr_ptr + r), 0.0)
         x = tl.load(h_ptr + r * C + cols, mask=cmask, other=0.0)
-        acc += w.to(acc_dtype) * x.to(acc_dtype)
+        # select, not multiply: a zero-weight (e.g. padded) frame can't inject NaN/inf
+        acc += tl.where(w != 0.0, w.to(acc_dtype) * x.to(acc_dtype), 0.0)
     tl.store(out_ptr + token * C + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -155,7 +158,7 @@ def gather_backward(
     return grad_h, grad_wl, grad_wr
 
 
-AOT_DTYPES = ("fp32", "bf16", "fp16", "fp64")
+AOT_DTYPES = ("fp32", "bf16", "fp16", "fp64")  # h / embeddings
 
 
 def kernel_signatures(dtype: str = "fp32"):
