@@ -4,6 +4,7 @@ projections are checkpointed) and fairseq-generate (which never needs them)."""
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from fairseq_hkd.teacher.extract import extract_teacher
 from teacher_fixtures import make_tiny_plm
 
 pytestmark = pytest.mark.slow
+USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_hkd")
 
 
 def _train(argv):
@@ -47,7 +49,7 @@ def hkd_data(tmp_path_factory):
 
 def _train_args(data, save):
     return [
-        data, "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--load-teacher", "yes",
+        data, "--user-dir", USER_DIR, "--task", "cif_asr", "--load-teacher", "yes",
         "--arch", "cif_tiny", "--criterion", "cif_hkd", "--acd-negatives", "700", "--lrd-weight", "0.01",
         "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "20000", "--spec-aug-prob", "0",
         "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1", "--log-interval", "1",
@@ -77,7 +79,7 @@ def test_fairseq_train_cif_hkd_resume_and_generate(hkd_data, tmp_path, caplog):
     resumed = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["criterion"]
     assert not torch.equal(resumed["acd_proj.weight"], crit["acd_proj.weight"])  # trained further
     # generation loads the model alone
-    _generate([data, "--results-path", tmp_path / "gen", "--user-dir", "fairseq_hkd", "--task", "cif_asr",
+    _generate([data, "--results-path", tmp_path / "gen", "--user-dir", USER_DIR, "--task", "cif_asr",
                 "--path", save / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu", "--num-workers", "0",
                 "--batch-size", "2", "--load-teacher", "no"])
     out = (tmp_path / "gen" / "generate-valid.txt").read_text()
@@ -114,7 +116,7 @@ def test_task_batches_carry_wordpiece_teacher_states(tmp_path):
     build_dict([str(data / "train.tsv"), str(data / "valid.tsv")], "wordpiece", plm_dir=plm,
                out=str(data / "dict.txt"), progress=False)
     extract_teacher(str(data / "train.tsv"), plm, "wordpiece", dtype="float32", progress=False)
-    argv = [str(data), "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--unit", "wordpiece",
+    argv = [str(data), "--user-dir", USER_DIR, "--task", "cif_asr", "--unit", "wordpiece",
             "--tokenizer-dir", plm, "--load-teacher", "yes", "--arch", "cif_tiny", "--criterion", "cif_hkd"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)

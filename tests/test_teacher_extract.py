@@ -221,3 +221,10 @@ def test_minilm_teacher_integration(tmp_path):
     np.testing.assert_allclose(ch.get("u1")[0], ref[1], atol=1e-4)
     np.testing.assert_allclose(ch.get("u1")[-1], ref[-1], atol=1e-4)
     assert ch.get("u1").shape[0] == len(texts[1]) + 1
+    # Chinese characters (no spaces): one BERT token per character, so char units pair 1:1
+    zh = "我们今天学习语音识别"
+    m = write_text_manifest(tmp_path / "zh.tsv", [zh])
+    extract_teacher(m, plm_dir, "char", dtype="float32", progress=False)
+    ref, toks = _direct_states(plm_dir, zh)
+    assert len(toks) == len(zh) + 2
+    np.testing.assert_allclose(open_teacher_store(str(tmp_path), "zh").get("u0"), ref[1:], atol=1e-4)
