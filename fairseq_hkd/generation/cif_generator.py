@@ -183,6 +183,7 @@ class CifGenerator:
         lprobs[:, self.pad] = float("-inf")
         return lprobs
 
+    @torch.no_grad()
     def beam_search(self, embeddings: Tensor, lengths: Tensor) -> CifSearchResult:
         """Batched beam search; beam 1 is greedy search.
 
@@ -305,6 +306,7 @@ class CifGenerator:
         n = torch.where(torch.isfinite(best), n, torch.zeros_like(n))
         return CifSearchResult(tok, n, best, pos)
 
+    @torch.no_grad()
     def nar_argmax(self, embeddings: Tensor, lengths: Tensor) -> CifSearchResult:
         """Non-autoregressive decoding: argmax at every CIF position, one hypothesis each."""
         bsz, max_len, _ = embeddings.shape
