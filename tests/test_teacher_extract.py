@@ -85,7 +85,8 @@ def test_extract_wordpiece_matches_direct_run(plm, manifest, tmp_path):
 
 def test_extract_char_units_hand_pairing(plm, tmp_path):
     m = write_text_manifest(tmp_path / "train.tsv", ["the dog playing"])
-    extract_teacher(m, plm, "char", dtype="float32", progress=False)
+    fp = extract_teacher(m, plm, "char", dtype="float32", progress=False)
+    assert fp["summary"]["units_without_plm_token"] == 2  # the two spaces
     got = open_teacher_store(str(tmp_path), "train").get("u0")
     ref, toks = _direct_states(plm, "the dog playing")
     assert toks == ["[CLS]", "the", "dog", "play", "##ing", "[SEP]"]

@@ -70,32 +70,33 @@ def transcripts_sha1(entries) -> str:
 
 
 class _Item:
-    """One utterance prepared for the PLM: input ids and (non-wordpiece) the pooling matrix."""
+    """One utterance prepared for the PLM: input ids and (char/spm units) the unit and token character
+    spans; the pooling matrix is built per batch (keeping one per utterance would cost gigabytes)."""
 
-    __slots__ = ("utt", "ids", "pool", "num_units", "unmatched")
+    __slots__ = ("utt", "ids", "unit_spans", "token_spans", "num_units")
 
-    def __init__(self, utt, ids, pool, num_units, unmatched):
-        self.utt, self.ids, self.pool, self.num_units, self.unmatched = utt, ids, pool, num_units, unmatched
+    def __init__(self, utt, ids, unit_spans, token_spans, num_units):
+        self.utt, self.ids, self.unit_spans, self.token_spans, self.num_units = utt, ids, unit_spans, token_spans, num_units
 
 
 def prepare_item(utt: str, symbols: List[str], unit: str, tokenizer, max_len: int) -> _Item:
     """PLM input and alignment of one transcript; raises (naming ``utt``) when it cannot be paired."""
     if unit == "wordpiece":
         ids = wordpiece_input_ids(symbols, tokenizer, utt)
-        pool, unmatched = None, 0
+        spans = token_spans = None
     else:
         text, spans = unit_char_spans(symbols, unit)
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         if ids[0] != tokenizer.cls_token_id or ids[-1] != tokenizer.sep_token_id:
             raise ValueError(f"utterance {utt!r}: the tokenizer does not wrap text in [CLS] .. [SEP]; a BERT-like PLM is needed")
-        pool, unmatched = pool_matrix(spans, [tuple(o) for o in offsets[1:-1]])
+        token_spans = [tuple(o) for o in offsets[1:-1]]
     if len(ids) > max_len:
         raise ValueError(
             f"utterance {utt!r}: {len(ids)} PLM tokens exceed the PLM's maximum length {max_len}; "
             f"shorten/split the utterance or remove it from the manifest (nothing is truncated)"
         )
-    return _Item(utt, ids, pool, len(symbols), unmatched)
+    return _Item(utt, ids, spans, token_spans, len(symbols))
 
 
 def load_plm(plm_dir: str, device: str):
@@ -179,13 +180,17 @@ def extract_teacher(
     writer = TeacherStoreWriter(out_dir, split, [(it.utt, it.num_units + 1) for it in items], dim, dtype, fp)
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))  # length-sorted batches: little padding
     token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    plm_tokens = 0
+    plm_tokens = unmatched = 0
     with tqdm(total=len(items), desc=f"extract {split}", unit="utt", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             batch = [items[i] for i in order[s : s + batch_size]]
             states = run_batch(model, batch, tokenizer.pad_token_id, layer, device, token_types)
             for it, h in zip(batch, states):
-                writer.write(it.utt, align_states(h, unit, it.num_units, it.pool))
+                pool = None
+                if it.unit_spans is not None:
+                    pool, n = pool_matrix(it.unit_spans, it.token_spans)
+                    unmatched += n
+                writer.write(it.utt, align_states(h, unit, it.num_units, pool))
                 plm_tokens += len(it.ids)
             bar.update(len(batch))
     writer.close()
@@ -193,7 +198,7 @@ def extract_teacher(
         "utterances": len(items),
         "rows": writer.num_rows,
         "plm_tokens": plm_tokens,
-        "units_without_plm_token": sum(it.unmatched for it in items),
+        "units_without_plm_token": unmatched,
         "seconds": round(time.time() - t0, 1),
         "bytes": os.path.getsize(writer.paths["array"]),
     }
