@@ -34,11 +34,10 @@ class MockDecoder(FairseqIncrementalDecoder):
         self.embed = torch.nn.Parameter(torch.randn(V, dim, generator=g, dtype=torch.float64), requires_grad=False)
         self.w = torch.nn.Parameter(torch.randn(dim, dim, generator=g, dtype=torch.float64), requires_grad=False)
         self.u = torch.nn.Parameter(2 * torch.randn(dim, V, generator=g, dtype=torch.float64), requires_grad=False)
+        self.bias = torch.nn.Parameter(torch.zeros(V, dtype=torch.float64), requires_grad=False)
         self.autoregressive = autoregressive
-        self.calls = 0
 
     def forward(self, prev_output_tokens, cif, cif_padding_mask, incremental_state=None):
-        self.calls += 1
         if not self.autoregressive:
             prev_output_tokens = torch.full_like(prev_output_tokens, self.dictionary.eos())
         emb = self.embed[prev_output_tokens]
@@ -50,7 +49,7 @@ class MockDecoder(FairseqIncrementalDecoder):
         else:
             s = emb.cumsum(1)
         h = torch.tanh(s + cif.double() @ self.w)
-        return h @ self.u, {"states": h}
+        return h @ self.u + self.bias, {"states": h}
 
     def reorder_incremental_state(self, incremental_state, new_order):
         state = self.get_incremental_state(incremental_state, "sum")
@@ -182,12 +181,19 @@ def test_batch_equals_one_by_one():
 
 
 def test_steps_equal_fire_count():
+    """One decoder step per CIF token; an utterance leaves the batch after its own last step."""
     d = make_dict(6)
     model = MockModel(d, seed=2)
-    x, lengths = make_batch([4, 7, 2], seed=2)
-    model.decoder.calls = 0
-    run(model, d, x, lengths, beam=3)
-    assert model.decoder.calls <= 7
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = -100.0  # no early </s>: every utterance runs all its steps
+    rows = []
+    forward = model.decoder.forward
+    model.decoder.forward = lambda prev, *a, **kw: (rows.append(prev.size(0)), forward(prev, *a, **kw))[1]
+    lengths = [4, 7, 2, 0]
+    x, lengths_t = make_batch(lengths, seed=2)
+    hypos = run(model, d, x, lengths_t, beam=3)
+    assert rows == [3 * sum(L > i for L in lengths) for i in range(max(lengths))]
+    assert [len(h[0]["tokens"]) for h in hypos] == [L + 1 if L else 1 for L in lengths]
 
 
 @pytest.mark.parametrize("seed", range(10))
