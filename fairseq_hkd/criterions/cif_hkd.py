@@ -31,7 +31,6 @@ Usage::
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-import torch
 import torch.nn as nn
 from fairseq import metrics
 from fairseq.criterions import register_criterion
