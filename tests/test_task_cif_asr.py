@@ -139,6 +139,10 @@ def test_feature_store_and_global_cmvn_options(data):
         np.testing.assert_allclose(stored.dataset("valid")[i]["source"], audio.dataset("valid")[i]["source"], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="fairseq-hkd-feature-store"):
         stored.load_dataset("train")
+    # with the store, training no longer needs the audio files
+    shutil.rmtree(data / "wav")
+    stored.load_dataset("valid")
+    assert stored.dataset("valid")[0]["source"].shape[1] == 80
 
 
 def test_teacher_states_padded_into_sample(data):

@@ -153,9 +153,10 @@ class CifAsrTask(FairseqTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         cfg = self.cfg
         manifest = os.path.join(cfg.data, f"{split}.tsv")
-        entries = read_manifest(manifest)
+        use_store = cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split)
+        entries = read_manifest(manifest, check_audio_exists=not use_store)  # the store replaces the audio
         targets = encode_targets(entries, self.units, self.tgt_dict, cfg.max_unk_ratio)
-        if cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split):
+        if use_store:
             features = StoredFeatures(FeatureStore(cfg.data, split, manifest))
             logger.info(f"{split}: features from the feature store")
         elif cfg.feature_store == "yes":
