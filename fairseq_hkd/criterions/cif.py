@@ -127,7 +127,7 @@ class CifCriterion(FairseqCriterion):
         if any("tf_total" in log for log in logging_outputs):
             metrics.log_derived("tf_ter", lambda m: _ratio(m, "_tf_errors", "_tf_total", 100))
         if any("ctc_infeasible" in log for log in logging_outputs):
-            metrics.log_derived("ctc_infeasible", lambda m: m["_ctc_infeasible"].sum)
+            metrics.log_derived("ctc_infeasible", lambda m: float(m["_ctc_infeasible"].sum))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
