@@ -21,6 +21,8 @@ import torch
 pytestmark = pytest.mark.slow
 
 TRAIN_EPOCHS = 120
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "fairseq_hkd")  # absolute: tests may run from any directory
 
 
 _TRAINED = {}  # one training run per session, even when other modules import the fixture
@@ -41,7 +43,7 @@ def train_tiny_cif(root, venv_bin):
     shutil.copy(data / "train.tsv", data / "test.tsv")
     save_dir = root / "ckpt"
     cmd = [
-        str(venv_bin / "fairseq-train"), str(data), "--user-dir", "fairseq_hkd", "--task", "cif_asr",
+        str(venv_bin / "fairseq-train"), str(data), "--user-dir", USER_DIR, "--task", "cif_asr",
         "--arch", "cif_tiny", "--criterion", "cif", "--optimizer", "adam", "--lr", "3e-3",
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "30", "--clip-norm", "1.0",
         "--max-tokens", "20000", "--max-epoch", str(TRAIN_EPOCHS), "--spec-aug-prob", "0",
@@ -49,7 +51,7 @@ def train_tiny_cif(root, venv_bin):
         "--cpu", "--num-workers", "0", "--seed", "1", "--log-interval", "50", "--no-progress-bar",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return SimpleNamespace(data=data, save_dir=save_dir, ckpt=save_dir / "checkpoint_last.pt")
 
@@ -60,7 +62,7 @@ def fairseq_generate(trained, tmp_path, subset, *extra):
     from fairseq_cli.generate import main
 
     out = tmp_path / f"gen_{subset}_{'_'.join(a.strip('-') for a in extra)}"
-    argv = [str(trained.data), "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--path", str(trained.ckpt),
+    argv = [str(trained.data), "--user-dir", USER_DIR, "--task", "cif_asr", "--path", str(trained.ckpt),
             "--gen-subset", subset, "--scoring", "wer", "--cpu", "--num-workers", "0", "--results-path", str(out),
             "--batch-size", "3", *extra]
     parser = options.get_generation_parser()
@@ -92,10 +94,10 @@ def reported_wer(text):
 
 def test_stock_command_reproduces_training_transcripts(trained_cif, venv_bin, tmp_path):
     """The exact user command, as a subprocess, on the utterances the model was overfit to."""
-    cmd = [str(venv_bin / "fairseq-generate"), str(trained_cif.data), "--user-dir", "fairseq_hkd",
+    cmd = [str(venv_bin / "fairseq-generate"), str(trained_cif.data), "--user-dir", USER_DIR,
            "--task", "cif_asr", "--path", str(trained_cif.ckpt), "--gen-subset", "test", "--beam", "10",
            "--scoring", "wer", "--cpu", "--num-workers", "0"]
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
