@@ -1,6 +1,7 @@
 # cif_tiny on the synthesized corpus, the settings the demo calibration found to learn in minutes on
 # 2 CPU cores (Adam 2e-3, 200-step warm-up, <= 5,000 padded frames per batch, light SpecAugment).
 # Sourced by train.sh with $max_update set.
+warmup=$(( max_update < 800 ? max_update / 4 : 200 ))
 model_args=(
   --arch cif_tiny
 )
@@ -10,7 +11,7 @@ specaug_args=(
 optim_args=(
   --optimizer adam --adam-betas "(0.9, 0.98)" --adam-eps 1e-8 --weight-decay 0.0 --clip-norm 5.0
   --lr 2e-3 --lr-scheduler tri_stage --init-lr-scale 0.01 --final-lr-scale 0.05
-  --warmup-steps 200 --hold-steps $(( max_update / 2 - 200 )) --decay-steps $(( max_update - max_update / 2 ))
+  --warmup-steps "$warmup" --hold-steps $(( max_update / 2 - warmup )) --decay-steps $(( max_update - max_update / 2 ))
   --max-update "$max_update" --max-tokens 5000 --required-batch-size-multiple 1
 )
 # CIF losses (CE with label smoothing 0.1 + 1.0 quantity + 0.5 CTC); cif_hkd adds ACD/LRD weights.
