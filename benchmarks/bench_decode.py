@@ -8,8 +8,9 @@ Usage:
 Random weights (timing does not depend on them), with two adjustments so the search does what a
 trained model makes it do: the CIF weight predictor's bias is set so the model fires at a
 realistic rate (``--token-rate`` units/s, default: 3.2 chars/s for the AISHELL-sized paper model,
-12 chars/s for English characters with cif_tiny), and the decoder's </s> output row is zeroed so
-that random logits do not end hypotheses early (every utterance is searched for all its steps).
+12 chars/s for English characters with cif_tiny), and the decoder's </s> logit is pushed to -1e4
+(a forward hook) so that random logits do not end hypotheses early: every utterance is searched
+for all its steps, as with a trained model.
 Inputs are random 80-dim features of ``--seconds`` seconds (10 ms frames), ``--batch`` at a time.
 
 Printed per model and beam: real-time factor (decode time / audio time) of the whole decode
@@ -49,7 +50,12 @@ def build_model(arch: str, vocab: int, token_rate: float) -> CifModel:
     with torch.no_grad():
         model.cif.proj.weight.mul_(0.01)
         model.cif.proj.bias.fill_(math.log(p / (1 - p)))
-        model.decoder.output_projection.weight[d.eos()].zero_()
+    eos = d.eos()
+
+    def no_eos(module, inputs, logits):
+        return logits.index_fill(-1, torch.tensor([eos], device=logits.device), -1e4)
+
+    model.decoder.output_projection.register_forward_hook(no_eos)
     return model
 
 
