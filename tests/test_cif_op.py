@@ -46,7 +46,9 @@ def assert_grads_match_reference(impl, alpha, h, mask, threshold=1.0, tail=None)
     weights = torch.randn_like(out.embeddings)
     (out.embeddings * weights).sum().backward()
     tokens, _, _ = cif_reference(a2, h2, mask, threshold, tail)
-    sum(((t * weights[b, : len(t)]).sum() for b, t in enumerate(tokens)), h2.new_zeros(())).backward()
+    ref = sum((t * weights[b, : len(t)]).sum() for b, t in enumerate(tokens) if len(t))
+    if torch.is_tensor(ref):
+        ref.backward()
     torch.testing.assert_close(a1.grad, a2.grad, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(h1.grad, h2.grad, atol=1e-9, rtol=1e-9)
 
@@ -155,7 +157,8 @@ def test_tail_hand_computed():
     assert cif(alpha, h, tail_threshold=0.8, impl=IMPL).lengths.tolist() == [0]
     out = cif(alpha, h, tail_threshold=0.75, impl=IMPL)  # residual 0.75 >= 0.75: emitted
     assert out.lengths.tolist() == [1]
-    torch.testing.assert_close(out.embeddings[0, 0], torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+    expected = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)  # state 0.75 renormalised
+    torch.testing.assert_close(out.embeddings[0, 0], expected)
 
 
 def test_threshold_below_one_equals_scaled_unit_threshold():

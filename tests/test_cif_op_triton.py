@@ -111,7 +111,10 @@ def test_gpu_auto_selects_triton_and_matches_reference():
     from fairseq_hkd.ops.cif import cif, cif_reference
     from fairseq_hkd.ops.cif.op import cif_gather
 
+    import fairseq_hkd.ops.cif as cif_module
+
     alpha, h, mask = _inputs(2, 40, 8, torch.float64)
+    assert cif_module._resolve_impl(None, h) == "triton"
     out = cif(alpha, h, mask, tail_threshold=0.5)  # auto -> triton on CUDA
     tokens, fire_mask, _ = cif_reference(alpha.cpu(), h.cpu(), mask.cpu(), 1.0, 0.5)
     assert torch.equal(out.fire_mask.cpu(), fire_mask)
@@ -124,3 +127,7 @@ def test_gpu_auto_selects_triton_and_matches_reference():
     wl, wr = plan.w_left.float().requires_grad_(), plan.w_right.float().requires_grad_()
     torch.library.opcheck(cif_gather, (h32, wl, wr, plan.idx_left, plan.idx_right,
                                        plan.num_tokens, "triton"))
+    from fairseq_hkd.ops.cif.op import cif_plan_triton
+
+    torch.library.opcheck(cif_plan_triton, (alpha.requires_grad_(), mask, 1.0, 0.5,
+                                            plan.num_tokens, False))

@@ -6,8 +6,12 @@ Implementations (all compute the same function; ``impl=`` or the environment var
 FAIRSEQ_HKD_CIF_IMPL picks one, default "auto"):
   "reference"  sequential float64 loop (``reference.py``): tests only, very slow;
   "torch"      vectorized PyTorch (``torch_impl.py``): the CPU path;
-  "triton"     Triton kernels, forward and backward (``triton_kernels.py``);
+  "triton"     Triton kernels, forward and hand-written backward: the plan in one kernel
+               (``triton_plan.py``), the [B, T, C] gather in another (``triton_kernels.py``);
   "auto"       "triton" for CUDA tensors when Triton is installed, else "torch".
+Both fast paths are torch.library custom ops (``op.py``) with registered autograd.
+Layout of the work: ``plan.py`` turns alpha into per-frame (token, weight) pairs in float64
+([B, T] work, differentiable), the gather integrates h with them ([B, T, C] work).
 """
 import os
 from typing import NamedTuple, Optional
@@ -123,11 +127,13 @@ def cif(
 
     Args:
         alpha: [B, T] weights (after the sigmoid; scaled in training). Clamped to
-            [0, min(1, threshold)] so that one frame completes at most one token.
+            [0, min(1, threshold)] so that one frame completes at most one token (a scaled
+            alpha above 1 loses the excess, and the utterance then fires fewer than S times).
         h: [B, T, C] encoder states (any float dtype; accumulated in float32, or float64 for
             float64 inputs).
-        padding_mask: [B, T] bool, True = pad, or None. Padded frames get alpha = 0 and h = 0
-            (zeroed before use, so NaN/inf in padding can't reach the outputs or gradients).
+        padding_mask: [B, T] bool, True = pad, or None. Padded frames get alpha = 0 and
+            contribute nothing: NaN/inf in padded alpha or h can't reach the outputs or the
+            gradients (the torch path zeroes padded h; the kernels skip zero weights).
         threshold: beta. A token fires when the running weight reaches beta, and takes
             beta - a of the firing frame (a = weight accumulated so far); the leftover starts
             the next token. Every token thus integrates exactly beta of weight: with beta = 1
