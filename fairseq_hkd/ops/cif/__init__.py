@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from fairseq_hkd.ops.cif.plan import CifPlan, cif_plan, resolve_num_tokens
+from fairseq_hkd.ops.cif.plan import cif_plan
 from fairseq_hkd.ops.cif.reference import cif_reference
 
 __all__ = ["cif", "CifOutput", "cif_reference"]
@@ -97,22 +97,6 @@ def _reference_output(alpha, h, padding_mask, threshold, tail_threshold, max_tok
                      token_index.to(dev))
 
 
-def _triton_plan(alpha, padding_mask, threshold, tail_threshold, max_tokens, allow_overflow,
-                 fp64) -> CifPlan:
-    """The plan from the fused Triton kernel (same values as plan.cif_plan)."""
-    from fairseq_hkd.ops.cif.op import cif_plan_triton
-
-    T = alpha.size(1)
-    # without max_tokens, T + 1 bounds the count (one fire per frame, plus the tail)
-    bound = max_tokens if max_tokens is not None else T + 1
-    wl, wr, il, ir, fire, tok, lengths, _ = cif_plan_triton(
-        alpha, padding_mask, float(threshold), tail_threshold, bound, fp64)
-    num = resolve_num_tokens(lengths, max_tokens, allow_overflow)
-    if num != bound:  # only without max_tokens: clamp the (zero-weight) spill-over entries
-        il, ir = il.clamp(max=max(num - 1, 0)), ir.clamp(max=max(num - 1, 0))
-    return CifPlan(wl, wr, il, ir, lengths, fire, tok, num)
-
-
 def cif(
     alpha: Tensor,
     h: Tensor,
@@ -166,12 +150,8 @@ def cif(
     from fairseq_hkd.ops.cif.op import cif_gather
 
     fp64 = h.dtype == torch.float64
-    if which == "triton":
-        plan = _triton_plan(alpha, padding_mask, threshold, tail_threshold, max_tokens,
-                            allow_overflow, fp64)
-    else:
-        plan = cif_plan(alpha, padding_mask, threshold, tail_threshold, max_tokens,
-                        allow_overflow)
+    plan = cif_plan(alpha, padding_mask, threshold, tail_threshold, max_tokens, allow_overflow,
+                    impl=which, fp64_weights=fp64)
     if padding_mask is not None and which != "triton":  # the kernels skip zero weights
         h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
     B, T, C = h.shape

@@ -14,9 +14,9 @@ a frame completes at most one token (n_t - k_t <= 1). This is exactly the sequen
 the remainder "beta - a": on a fire the token receives beta - a of h_t and the leftover
 a_t - (beta - a) starts the next token, so every emitted token integrates exactly beta.
 
-The weights are returned as differentiable float64 tensors; the indices are constants (the fire
-pattern is piecewise constant in alpha). Autograd through these [B, T] ops is cheap; the
-[B, T, C] work is the gather in ``op.py``.
+The weights are differentiable (hand-written backward); the indices are constants (the fire
+pattern is piecewise constant in alpha). This [B, T] work is cheap; the [B, T, C] work is the
+gather in ``op.py``.
 """
 from typing import NamedTuple, Optional
 
@@ -43,14 +43,6 @@ class CifPlan(NamedTuple):
     num_tokens: int
 
 
-def clamp_alpha(alpha: Tensor, padding_mask: Optional[Tensor], threshold: float) -> Tensor:
-    """alpha [B, T] -> float64 [B, T] clamped to [0, min(1, threshold)], 0 under the mask."""
-    a = alpha.to(torch.float64).clamp(0.0, min(1.0, threshold))
-    if padding_mask is not None:
-        a = a.masked_fill(padding_mask, 0.0)
-    return a
-
-
 def resolve_num_tokens(lengths: Tensor, max_tokens: Optional[int], allow_overflow: bool) -> int:
     """N: lengths.max() when max_tokens is None; else max_tokens, checked unless allowed."""
     if max_tokens is None:
@@ -73,6 +65,81 @@ def _shift_right(x: Tensor) -> Tensor:
     return torch.nn.functional.pad(x[:, :-1], (1, 0))
 
 
+class _TorchPlan(torch.autograd.Function):
+    """The plan in PyTorch with a hand-written backward (alpha [B, T] -> weights, indices).
+
+    Backward (GL, GR = grads of wl, wr; f = token factor, see triton_plan.py for the
+    derivation): dL/da_u = GL_u f_{k_u} + sum_{t >= u, fire_t} (GR_t f_{n_t} - GL_t f_{k_t})
+    + dL/dr, times the clamp/mask gradient; ~15 [B, T] ops instead of autograd's ~40.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha, padding_mask, threshold, tail_threshold, bound):
+        x = alpha.detach().to(torch.float64)
+        cap = min(1.0, threshold)
+        keep = torch.ones_like(x, dtype=torch.bool) if padding_mask is None else ~padding_mask
+        a = torch.where(keep, x.clamp(0.0, cap), 0.0)
+        S = a.cumsum(1)
+        P = _shift_right(S)
+        # floor(S / beta); with beta = 1 the division is skipped so it is exact.
+        n = (S if threshold == 1.0 else S / threshold).floor().long()
+        k = _shift_right(n)
+        fire = n > k
+        if S.size(1) > 0:
+            fires, total = n[:, -1:], S[:, -1:]
+        else:  # no frames: no tokens
+            fires, total = n.new_zeros(n.size(0), 1), S.new_zeros(S.size(0), 1)
+        residual = total - fires.double() * threshold
+        # tail: one more token from the leftover weight, renormalised to a full token
+        tail = residual >= (float("inf") if tail_threshold is None else tail_threshold)
+        residual = torch.where(tail, residual, 1.0)
+        scale = torch.where(tail, threshold / residual, 0.0)  # factor of token `fires`
+
+        def factor(tok):
+            f = torch.where(tok < fires, 1.0, torch.where(tok == fires, scale, 0.0))
+            return torch.where(tok < bound, f, 0.0)
+
+        f_k, f_n = factor(k), factor(n)
+        base_l = torch.where(fire, (k + 1).double() * threshold - P, a)
+        base_r = torch.where(fire, S - n.double() * threshold, 0.0)
+        ctx.save_for_backward(x, keep, fire, f_k, f_n, base_l, base_r, k, n, fires, tail,
+                              residual)
+        ctx.args = (threshold, cap, bound)
+        ctx.alpha_dtype = alpha.dtype
+        top = max(bound - 1, 0)
+        token_index = k if padding_mask is None else k.masked_fill(padding_mask, -1)
+        outputs = (base_l * f_k, base_r * f_n, k.clamp(max=top), n.clamp(max=top), fire,
+                   token_index, (fires + tail.long()).squeeze(1))
+        ctx.mark_non_differentiable(*outputs[2:])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_wl, grad_wr, *unused):
+        x, keep, fire, f_k, f_n, base_l, base_r, k, n, fires, tail, residual = ctx.saved_tensors
+        threshold, cap, bound = ctx.args
+        gl = torch.zeros_like(x) if grad_wl is None else grad_wl.to(torch.float64)
+        gr = torch.zeros_like(x) if grad_wr is None else grad_wr.to(torch.float64)
+        z = torch.where(fire, gr * f_n - gl * f_k, 0.0)
+        on_tail_l = keep & (k == fires) & (k < bound)
+        on_tail_r = keep & (n == fires) & (n < bound)
+        d_scale = (torch.where(on_tail_l, gl * base_l, 0.0)
+                   + torch.where(on_tail_r, gr * base_r, 0.0)).sum(1, keepdim=True)
+        d_r = torch.where(tail, -d_scale * threshold / residual.square(), 0.0)
+        grad = z.flip(1).cumsum(1).flip(1) + gl * f_k + d_r
+        grad = torch.where(keep & (x >= 0.0) & (x <= cap), grad, 0.0)
+        return grad.to(ctx.alpha_dtype), None, None, None, None
+
+
+def plan_tensors(alpha, padding_mask, threshold, tail_threshold, bound, impl, fp64_weights):
+    """(wl, wr, il, ir, fire_mask, token_index, lengths) from the torch or the Triton plan."""
+    if impl == "triton":
+        from fairseq_hkd.ops.cif.op import cif_plan_triton
+
+        return cif_plan_triton(alpha, padding_mask, float(threshold), tail_threshold, bound,
+                               fp64_weights)[:7]
+    return _TorchPlan.apply(alpha, padding_mask, float(threshold), tail_threshold, bound)
+
+
 def cif_plan(
     alpha: Tensor,
     padding_mask: Optional[Tensor],
@@ -80,56 +147,16 @@ def cif_plan(
     tail_threshold: Optional[float],
     max_tokens: Optional[int],
     allow_overflow: bool,
+    impl: str = "torch",
+    fp64_weights: bool = True,
 ) -> CifPlan:
-    """Compute the CIF plan for alpha [B, T] (see the module docstring)."""
-    a = clamp_alpha(alpha, padding_mask, threshold)
-    S = a.cumsum(1)
-    P = _shift_right(S)
-    # floor(S / beta); with beta = 1 the division is skipped so it is exact.
-    n = (S if threshold == 1.0 else S / threshold).detach().floor().long()
-    k = _shift_right(n)
-    fire = n > k
-    if S.size(1) > 0:
-        fires, total = n[:, -1], S[:, -1]
-    else:  # no frames: no tokens
-        fires, total = n.new_zeros(n.size(0)), S.new_zeros(S.size(0))
-    residual = total - fires.to(S.dtype) * threshold
-
-    # 1. Tail: one more token from the leftover weight, renormalised to a full token.
-    if tail_threshold is not None:
-        tail = residual.detach() >= tail_threshold
-        safe = torch.where(tail, residual, torch.ones_like(residual))
-        tail_scale = torch.where(tail, threshold / safe, torch.ones_like(residual))
-    else:
-        tail = torch.zeros_like(fires, dtype=torch.bool)
-        tail_scale = torch.ones_like(residual)
-    lengths = fires + tail.long()
-
-    # 2. Output size N and the overflow rule.
-    num_tokens = resolve_num_tokens(lengths, max_tokens, allow_overflow)
-
-    # 3. Weights: left part of each frame, right part of firing frames, scaled per token.
-    wl = torch.where(fire, (k + 1).to(S.dtype) * threshold - P, a)
-    wr = torch.where(fire, S - n.to(S.dtype) * threshold, torch.zeros_like(S))
-
-    def token_factor(tok: Tensor) -> Tensor:
-        full = tok < fires[:, None]
-        is_tail = (tok == fires[:, None]) & tail[:, None]
-        factor = torch.where(is_tail, tail_scale[:, None], torch.zeros_like(S))
-        factor = torch.where(full, torch.ones_like(S), factor)
-        return torch.where(tok < num_tokens, factor, torch.zeros_like(S))
-
-    wl = wl * token_factor(k)
-    wr = wr * token_factor(n)
-    top = max(num_tokens - 1, 0)
-    token_index = k if padding_mask is None else k.masked_fill(padding_mask, -1)
-    return CifPlan(
-        w_left=wl,
-        w_right=wr,
-        idx_left=k.clamp(max=top),
-        idx_right=n.clamp(max=top),
-        lengths=lengths,
-        fire_mask=fire,
-        token_index=token_index,
-        num_tokens=num_tokens,
-    )
+    """Compute the CIF plan for alpha [B, T] (see the module docstring); impl "torch" or
+    "triton" (the fused kernel, ``triton_plan.py``). Weights are float64 for "torch"."""
+    # without max_tokens, T + 1 bounds the count (one fire per frame, plus the tail)
+    bound = max_tokens if max_tokens is not None else alpha.size(1) + 1
+    wl, wr, il, ir, fire, tok, lengths = plan_tensors(
+        alpha, padding_mask, threshold, tail_threshold, bound, impl, fp64_weights)
+    num = resolve_num_tokens(lengths, max_tokens, allow_overflow)
+    if num != bound:  # only without max_tokens: clamp the (zero-weight) spill-over entries
+        il, ir = il.clamp(max=max(num - 1, 0)), ir.clamp(max=max(num - 1, 0))
+    return CifPlan(wl, wr, il, ir, lengths, fire, tok, num)
