@@ -15,6 +15,7 @@ gathers g at each frame's two tokens (one pass over h, in cache-sized chunks of 
     grad_h[b, t] = wl[b,t] * g[b, il] + wr[b,t] * g[b, ir]
     grad_wl[b, t] = g[b, il] . h[b, t],   grad_wr[b, t] = g[b, ir] . h[b, t]
 """
+import threading
 from typing import Tuple
 
 import torch
@@ -51,6 +52,16 @@ def gather_forward(
 
 
 CHUNK_ROWS = 512  # frames per backward chunk: its [CHUNK_ROWS, C] temporaries stay in cache
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, C: int, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Three [rows, C] scratch buffers, kept per thread between calls: fresh buffers this size
+    come from mmap and page-fault on every call, which costs more than the work in them."""
+    key = (like.dtype, like.device, C)
+    if getattr(_SCRATCH, "key", None) != key or _SCRATCH.buffers[0].size(0) < rows:
+        _SCRATCH.key, _SCRATCH.buffers = key, [like.new_empty(CHUNK_ROWS, C) for _ in range(3)]
+    return tuple(buf[:rows] for buf in _SCRATCH.buffers)
 
 
 def gather_backward(
@@ -73,7 +84,7 @@ def gather_backward(
     grad_h = torch.empty_like(h2)
     grad_wl, grad_wr = h2.new_empty(B * T), h2.new_empty(B * T)
     rows = min(CHUNK_ROWS, B * T)
-    g_left, g_right, prod = (h2.new_empty(rows, C) for _ in range(3))
+    g_left, g_right, prod = _scratch(rows, C, h2)
     for start in range(0, B * T, rows):
         end = min(start + rows, B * T)
         n = end - start
