@@ -18,8 +18,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	@echo "make demo (to be wired): synthesize a small English corpus with espeak-ng, train a CIF model"
-	@echo "with and without hierarchical distillation, decode with fairseq-generate and compare WER."
+	bash examples/synth/run.sh $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
