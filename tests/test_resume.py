@@ -3,8 +3,8 @@ from its ``checkpoint_last.pt`` ends exactly where an uninterrupted run with the
 
 Everything random is on (cif_hkd with randomly drawn ACD negatives, dropout 0.1, SpecAugment), since
 fairseq re-seeds torch with (seed + update number) before every update, restores the epoch
-iterator's position and re-shuffles with (seed, epoch), and the dataset seeds SpecAugment per
-(seed, epoch, utterance index). 8 utterances, batch size 2: 4 updates per epoch; a checkpoint every
+iterator's position and re-shuffles with (seed, epoch), and the task seeds SpecAugment per
+(seed, update number, utterance index). 8 utterances, batch size 2: 4 updates per epoch; a checkpoint every
 2 updates; the run is killed as soon as the update-2 checkpoint is saved (mid-epoch 1) and resumed
 to update 6 (through the epoch boundary).
 

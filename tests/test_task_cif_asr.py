@@ -95,34 +95,81 @@ def test_length_filter_counts_and_raises(tiny_corpus, caplog):
         task.filter_indices_by_size(np.arange(len(ds)), ds, task.max_positions(), ignore_invalid_inputs=False)
 
 
-def test_specaugment_only_in_training_and_new_masks_each_epoch(tiny_corpus):
+class Capture(torch.nn.Module):
+    """Stands in for the model, criterion and optimizer of ``task.train_step``: records the sample the
+    criterion is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def set_num_updates(self, num_updates):
+        pass
+
+    def forward(self, model, sample):
+        self.seen.append(sample)
+        return self.w * 0, 1, {}
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def test_specaugment_only_in_train_step(tiny_corpus):
+    """A training split read through the dataset (fairseq-generate --gen-subset train, validation,
+    fairseq-hkd-transcribe) is clean; only train_step masks, per utterance within its own frames,
+    seeded by (seed, update number, utterance index)."""
+    from fairseq_hkd.data.specaugment import spec_augment
+
     task = setup_task(tiny_corpus)
     plain = setup_task(tiny_corpus, "--spec-aug-prob", "0")
-    for t in (task, plain):
+    other_seed = setup_task(tiny_corpus, "--seed", "2")
+    for t in (task, plain, other_seed):
         t.load_dataset("train")
-        t.load_dataset("valid")
-    assert task.dataset("train").specaugment is not None and task.dataset("valid").specaugment is None
-    # valid is never masked; train is masked (whole frequency bands / frame spans set to 0)
-    for i in range(len(task.dataset("valid"))):
-        assert torch.equal(task.dataset("valid")[i]["source"], plain.dataset("valid")[i]["source"])
+    assert task.specaugment is not None and plain.specaugment is None
+    ds = task.dataset("train")
+    entries = {e.id: e for e in ds.entries}
+    (s,) = batches(task, "train")  # the batches fairseq-generate --gen-subset train decodes
+    (ref,) = batches(plain, "train")
+    assert torch.equal(s["net_input"]["src_tokens"], ref["net_input"]["src_tokens"])
+    src, lengths = s["net_input"]["src_tokens"], s["net_input"]["src_lengths"]
+    for b, uid in enumerate(s["utt_id"][:2]):
+        expected = utterance_cmvn(fbank(read_audio(entries[uid].audio)))
+        np.testing.assert_allclose(src[b, : lengths[b]].numpy(), expected, atol=1e-5)
+    assert int(lengths.min()) < src.size(1)  # some utterance is padded
+
+    # train_step hands the criterion a masked batch and leaves the caller's sample alone
+    cap = Capture()
+    before = src.clone()
+    task.train_step(s, cap, cap, cap, update_num=3)
+    assert torch.equal(s["net_input"]["src_tokens"], before)
+    aug = cap.seen[0]["net_input"]["src_tokens"]
+    assert cap.seen[0]["target"] is s["target"] and aug.shape == src.shape
     n_masked = 0
-    for i in range(len(task.dataset("train"))):
-        aug, ref = task.dataset("train")[i]["source"], plain.dataset("train")[i]["source"]
-        changed = aug != ref
-        assert (aug[changed] == 0).all()
+    for b in range(src.size(0)):
+        n = int(lengths[b])
+        changed = aug[b] != src[b]
+        assert not changed[n:].any() and (aug[b, n:] == 0).all()  # padding untouched
+        assert (aug[b][changed] == 0).all()
         n_masked += int(changed.any())
-    assert n_masked >= len(task.dataset("train")) - 1  # a zero-width draw can leave one untouched
-    # through fairseq's iterator with a worker process: masks differ between epochs, valid does not change
-    def by_utt(split, epoch):
-        out = {}
-        for b in batches(task, split, epoch=epoch, num_workers=1):
-            for k, uid in enumerate(b["utt_id"]):
-                out[uid] = b["net_input"]["src_tokens"][k, : b["net_input"]["src_lengths"][k]]
-        return out
-    tr1, tr2 = by_utt("train", 1), by_utt("train", 2)
-    assert any(not torch.equal(tr1[u], tr2[u]) for u in tr1)
-    va1, va2 = by_utt("valid", 1), by_utt("valid", 2)
-    assert all(torch.equal(va1[u], va2[u]) for u in va1)
+        # the same masks as SpecAugment on the utterance alone with its (seed, update, index) generator
+        rng = np.random.default_rng([1, 3, int(s["id"][b])])
+        np.testing.assert_array_equal(aug[b, :n].numpy(), spec_augment(src[b, :n].numpy(), task.specaugment, rng))
+    assert n_masked >= src.size(0) - 1  # a zero-width draw can leave one untouched
+    plain.train_step(s, cap, cap, cap, update_num=3)
+    assert torch.equal(cap.seen[-1]["net_input"]["src_tokens"], src)  # --spec-aug-prob 0: off
+
+    # reproducible: same (seed, update, index) -> same masks, whatever else is in the batch
+    assert torch.equal(task.augment(s, 3)["net_input"]["src_tokens"], aug)
+    k = int(lengths.argmin())
+    alone = ds.collater([ds[int(s["id"][k])]])
+    np.testing.assert_array_equal(task.augment(alone, 3)["net_input"]["src_tokens"][0].numpy(), aug[k, : lengths[k]].numpy())
+    # fresh masks at every update and for another seed
+    assert not torch.equal(task.augment(s, 4)["net_input"]["src_tokens"], aug)
+    assert not torch.equal(other_seed.augment(s, 3)["net_input"]["src_tokens"], aug)
+    # validation (valid_step) is never masked
+    task.valid_step(s, cap, cap)
+    assert torch.equal(cap.seen[-1]["net_input"]["src_tokens"], src)
 
 
 def test_feature_store_and_global_cmvn_options(data):

@@ -4,8 +4,8 @@ and the exact (unrounded) loss of a checkpoint.
 
 The model is ``cif_tiny`` shrunk further (2 encoder layers, 1 decoder layer) with every dropout off,
 so two runs that see the same batches in the same order compute the same numbers; SpecAugment stays
-on: the dataset seeds its masks per (seed, epoch, utterance index), which does not depend on the
-process or on where a run was resumed.
+on: the task's train_step seeds its masks per (seed, update number, utterance index), which does not
+depend on the process or on where a run was resumed.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ sample dict of docs/DESIGN.md ("Sample dict")."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,6 @@ from fairseq_hkd.compat import batch_by_size_keep_remainder
 from fairseq_hkd.data.audio import read_audio
 from fairseq_hkd.data.features import FeatureStore, fbank, num_frames
 from fairseq_hkd.data.manifest import ManifestEntry, ManifestError
-from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment
 from fairseq_hkd.data.units import Units
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,8 @@ class StoredFeatures:
 class CifAsrDataset(FairseqDataset):
     """One split of a manifest.
 
-    Item i: ``{"id": i, "source": FloatTensor [T, 80], "target": LongTensor [S] (ends with </s>),
+    Item i: ``{"id": i, "source": FloatTensor [T, 80] (normalised, never augmented: SpecAugment is applied
+    to training batches by the task), "target": LongTensor [S] (ends with </s>),
     "teacher": FloatTensor [S, D] | None}``.
     """
 
@@ -105,10 +105,8 @@ class CifAsrDataset(FairseqDataset):
         tgt_dict: Dictionary,
         features: Callable[[ManifestEntry], np.ndarray],
         cmvn: Callable[[np.ndarray], np.ndarray],
-        specaugment: Optional[SpecAugmentConfig] = None,
         teacher_store=None,
         shuffle: bool = True,
-        seed: int = 1,
     ):
         assert len(entries) == len(targets)
         self.split = split
@@ -117,10 +115,8 @@ class CifAsrDataset(FairseqDataset):
         self.tgt_dict = tgt_dict
         self.features = features
         self.cmvn = cmvn
-        self.specaugment = specaugment if specaugment is not None and specaugment.enabled() else None
         self.teacher_store = teacher_store
         self.shuffle = shuffle
-        self.seed = seed
         self.epoch = 1
         self.src_sizes = np.array([features.frames(e) for e in self.entries], dtype=np.int64)
         self.tgt_sizes = np.array([len(t) for t in self.targets], dtype=np.int64)
@@ -165,15 +161,13 @@ class CifAsrDataset(FairseqDataset):
     # items --------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> Dict:
         entry = self.entries[index]
-        feats = self.cmvn(self.features(entry))
-        if self.specaugment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            feats = spec_augment(feats, self.specaugment, rng)
+        # np.require copies when needed: a feature store read with --cmvn none is a read-only memmap view
+        feats = np.require(self.cmvn(self.features(entry)), np.float32, ["C_CONTIGUOUS", "WRITEABLE"])
         teacher = None
         if self.teacher_store is not None:
-            teacher = torch.from_numpy(np.array(self.teacher_store.get(entry.id), dtype=np.float32))  # copy off the memmap
-        return {"id": index, "source": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
-                "target": self.targets[index], "teacher": teacher}
+            # the store returns a read-only memmap view: copy it into a writable array once per item
+            teacher = torch.from_numpy(np.array(self.teacher_store.get(entry.id), dtype=np.float32))
+        return {"id": index, "source": torch.from_numpy(feats), "target": self.targets[index], "teacher": teacher}
 
     def collater(self, samples: List[Dict]) -> Dict:
         """Items -> the sample dict of docs/DESIGN.md; {} for an empty list."""

@@ -28,7 +28,7 @@ from omegaconf import II
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
 from fairseq_hkd.data.features import CMVN_TYPES, FeatureStore, build_cmvn
 from fairseq_hkd.data.manifest import read_manifest
-from fairseq_hkd.data.specaugment import SpecAugmentConfig
+from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment_batch
 from fairseq_hkd.data.units import UNIT_TYPES, Units, UnitsDecoder
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class CifAsrConfig(FairseqDataclass):
     cmvn_stats: Optional[str] = field(
         default=None, metadata={"help": "global CMVN stats (default: DATA/cmvn.npz; fairseq-hkd-cmvn writes it)"}
     )
-    # SpecAugment (training split only) ----------------------------------------------------------
+    # SpecAugment (training updates only) -------------------------------------------------------
     spec_aug_freq_masks: int = field(default=2, metadata={"help": "SpecAugment: frequency masks"})
     spec_aug_freq_width: int = field(default=27, metadata={"help": "SpecAugment: max frequency mask width (F)"})
     spec_aug_time_masks: int = field(default=2, metadata={"help": "SpecAugment: time masks"})
@@ -96,13 +96,6 @@ class CifAsrConfig(FairseqDataclass):
     teacher_dir: Optional[str] = field(
         default=None, metadata={"help": "directory of {split}.teacher.* stores (default: DATA)"}
     )
-    # data loading -----------------------------------------------------------------------------
-    reuse_dataloader: bool = field(
-        default=False,
-        metadata={"help": "keep data-loader workers across epochs (they then keep epoch 1's dataset, so "
-                          "SpecAugment masks repeat every epoch); off by default"},
-    )
-    persistent_workers: bool = field(default=False, metadata={"help": "see --reuse-dataloader"})
     # from other config groups ---------------------------------------------------------------------
     train_subset: str = II("dataset.train_subset")
     seed: int = II("common.seed")
@@ -119,6 +112,12 @@ class CifAsrTask(FairseqTask):
         self._teacher_dim: Optional[int] = None
         self._teacher_identity: Optional[dict] = None
         self.student_dims: Optional[dict] = None  # set by build_model
+        self.encoder_output_lengths = None  # set by build_model: src_lengths [B] -> encoder frames [B]
+        specaug = SpecAugmentConfig(
+            cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
+            cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
+        )
+        self.specaugment: Optional[SpecAugmentConfig] = specaug if specaug.enabled() else None
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
@@ -167,19 +166,11 @@ class CifAsrTask(FairseqTask):
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
         cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
-        specaug = None
-        if self.is_training_split(split):
-            specaug = SpecAugmentConfig(
-                cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
-                cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
-            )
         teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets])
         self.datasets[split] = CifAsrDataset(
-            split, entries, targets, self.tgt_dict, features, cmvn, specaug, teacher,
-            shuffle=self.is_training_split(split), seed=cfg.seed,
+            split, entries, targets, self.tgt_dict, features, cmvn, teacher, shuffle=self.is_training_split(split),
         )
-        logger.info(f"{split}: {len(entries)} utterances from {manifest}, SpecAugment "
-                    f"{'on' if self.datasets[split].specaugment else 'off'}, teacher {'on' if teacher else 'off'}")
+        logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
 
     def _open_teacher(self, split: str, utt_ids, target_lengths):
         """The split's teacher store per --load-teacher (checked against the targets), or None."""
@@ -236,6 +227,25 @@ class CifAsrTask(FairseqTask):
                                        "or pass --skip-invalid-size-inputs-valid-test")
             logger.warning(msg + "; skipped")
         return indices[~bad]
+
+    # training ----------------------------------------------------------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's train step on the SpecAugment-ed batch (fairseq's Trainer calls this only for
+        training updates; validation and generation never see masks)."""
+        return super().train_step(self.augment(sample, update_num), model, criterion, optimizer, update_num,
+                                  ignore_grad)
+
+    def augment(self, sample, update_num: int):
+        """``sample`` with SpecAugment applied to ``net_input.src_tokens`` [B, T, F] (a new dict; the
+        input is not modified). Utterance b's masks are drawn from (seed, update_num, sample["id"][b])
+        and cover only its ``src_lengths[b]`` frames: they do not depend on batching, on the process
+        (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ between updates."""
+        if self.specaugment is None or not sample or "net_input" not in sample:
+            return sample
+        net_input = sample["net_input"]
+        seeds = [(self.cfg.seed, int(update_num), int(i)) for i in sample["id"].tolist()]
+        src = spec_augment_batch(net_input["src_tokens"], net_input["src_lengths"], self.specaugment, seeds)
+        return {**sample, "net_input": {**net_input, "src_tokens": src}}
 
     # model / generation -------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint: bool = False):
