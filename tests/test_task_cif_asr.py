@@ -222,3 +222,49 @@ def test_teacher_states_padded_into_sample(data):
     off = setup_task(data, "--load-teacher", "no")
     off.load_dataset("valid")
     assert "teacher_states" not in batches(off, "valid")[0]
+
+
+def test_targets_longer_than_the_encoder_output_filtered_for_training(data, caplog):
+    """S > T' (CIF fires at most once per encoder frame): a counted skip or an error naming the
+    line once a criterion is built (training, validation); decoding (no criterion) keeps them."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    manifest = data / "train.tsv"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    col = header.index("tgt_text")
+    for k in (2, 5):  # two utterances get transcripts far longer than ~T/4 encoder frames allow
+        row = lines[k].split("\t")
+        row[col] = " ".join([row[col]] * 40)
+        lines[k] = "\t".join(row)
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(data), "--task", "cif_asr", "--arch",
+                                                                       "cif_tiny", "--criterion", "cif"])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = setup_task(data)
+    model = task.build_model(cfg.model).eval()
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    everything = np.arange(len(ds))
+    # decoding: nothing dropped (default size limits hold for every utterance)
+    assert list(task.filter_indices_by_size(everything, ds, task.max_positions(), ignore_invalid_inputs=False)) \
+        == list(everything)
+    # the encoder's real output lengths, from a forward pass
+    with torch.no_grad():
+        enc = [int(model.forward_encoder(ds[i]["source"][None], torch.tensor([ds.src_sizes[i]]))["encoder_lengths"][0])
+               for i in everything]
+    too_long = ds.tgt_sizes > np.array(enc)
+    assert sorted(np.flatnonzero(too_long)) == [1, 4]  # manifest lines 3 and 6
+    criterion = task.build_criterion(cfg.criterion)
+    with caplog.at_level(logging.WARNING):
+        kept = task.filter_indices_by_size(everything, ds, task.max_positions(), ignore_invalid_inputs=True)
+    assert list(kept) == list(np.flatnonzero(~too_long))
+    assert any("2 of 8 utterances outside the size limits" in r.message and "2 targets longer than the encoder "
+               "output" in r.message and "train.tsv:3 " in r.message for r in caplog.records)
+    with pytest.raises(ValueError, match=r"train\.tsv:3 .*--skip-invalid-size-inputs-valid-test"):
+        task.filter_indices_by_size(everything, ds, task.max_positions(), ignore_invalid_inputs=False)
+    # what the filter prevents: the loss of such an utterance cannot be computed
+    with pytest.raises(RuntimeError, match="CIF fired"):
+        criterion(model.train(), ds.collater([ds[1]]))

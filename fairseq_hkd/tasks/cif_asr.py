@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
 from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
@@ -113,6 +114,7 @@ class CifAsrTask(FairseqTask):
         self._teacher_identity: Optional[dict] = None
         self.student_dims: Optional[dict] = None  # set by build_model
         self.encoder_output_lengths = None  # set by build_model: src_lengths [B] -> encoder frames [B]
+        self.teacher_forced = False  # set by build_criterion: losses need S <= encoder frames
         specaug = SpecAugmentConfig(
             cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
             cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
@@ -209,22 +211,31 @@ class CifAsrTask(FairseqTask):
 
     def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
         """Drop utterances outside [min_source_frames, max_source_frames] or with too long targets,
-        logging the count (fairseq's default only checks the upper bounds)."""
+        logging the count (fairseq's default only checks the upper bounds). When a criterion was
+        built (training, fairseq-validate), also drop those whose target (S units incl. </s>) is longer
+        than the model's encoder output (T' frames): CIF fires at most once per frame, so the
+        teacher-forced losses cannot be computed. Decoding (no criterion) keeps them: the error rate
+        counts their missing words."""
         src, tgt = dataset.src_sizes[indices], dataset.tgt_sizes[indices]
         max_src, max_tgt = max_positions if max_positions is not None else self.max_positions()
         too_long = src > max_src
         too_short = src < self.cfg.min_source_frames
         tgt_long = tgt > max_tgt
-        bad = too_long | too_short | tgt_long
+        cannot_fire = np.zeros_like(too_long)
+        if self.teacher_forced and self.encoder_output_lengths is not None:
+            cannot_fire = tgt > self.encoder_output_lengths(torch.from_numpy(np.asarray(src, np.int64))).numpy()
+        bad = too_long | too_short | tgt_long | cannot_fire
         if bad.any():
             first = dataset.entries[int(indices[bad][0])]
             msg = (f"{dataset.split}: {int(bad.sum())} of {len(indices)} utterances outside the size limits "
                    f"({int(too_long.sum())} longer than {max_src} frames, {int(too_short.sum())} shorter than "
-                   f"{self.cfg.min_source_frames} frames, {int(tgt_long.sum())} targets longer than {max_tgt}); "
-                   f"first: {first.where} ({first.id})")
+                   f"{self.cfg.min_source_frames} frames, {int(tgt_long.sum())} targets longer than {max_tgt}, "
+                   f"{int(cannot_fire.sum())} targets longer than the encoder output (CIF fires at most once "
+                   f"per encoder frame)); first: {first.where} ({first.id})")
             if not ignore_invalid_inputs:
-                raise ValueError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length "
-                                       "or pass --skip-invalid-size-inputs-valid-test")
+                raise ValueError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length, "
+                                       "use coarser units or less subsampling for targets longer than the encoder "
+                                       "output, or pass --skip-invalid-size-inputs-valid-test")
             logger.warning(msg + "; skipped")
         return indices[~bad]
 
@@ -254,7 +265,14 @@ class CifAsrTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         enc, dec = getattr(model, "encoder_embed_dim", None), getattr(model, "decoder_embed_dim", None)
         self.student_dims = {"cif": int(enc), "decoder": int(dec)} if enc and dec else None
+        self.encoder_output_lengths = getattr(model, "encoder_output_lengths", None)
         return model
+
+    def build_criterion(self, cfg, from_checkpoint: bool = False):
+        """fairseq's criterion; marks the task as computing teacher-forced losses, so that
+        filter_indices_by_size also drops targets longer than the encoder output."""
+        self.teacher_forced = True
+        return super().build_criterion(cfg, from_checkpoint)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         from fairseq_hkd.generation.cif_generator import build_cif_generator  # other component; lazily
