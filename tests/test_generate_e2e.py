@@ -2,8 +2,9 @@
 
 The session fixture ``trained_cif`` trains ``cif_tiny`` with fairseq-train (~45 s on one core);
 tests/test_transcribe.py and tests/test_generate_average.py reuse it. ``test`` is a copy of the
-training manifest (so the model should reproduce it; the ``train`` split itself would get
-SpecAugment), ``valid`` holds 2 unseen utterances (non-zero error rates to check the scorer on).
+training manifest (so the model should reproduce it), ``valid`` holds 2 unseen utterances (non-zero
+error rates to check the scorer on). The stock-command test decodes the ``train`` split itself with
+SpecAugment options on (the default): SpecAugment belongs to training updates, never to decoding.
 """
 import math
 import os
@@ -93,9 +94,10 @@ def reported_wer(text):
 
 
 def test_stock_command_reproduces_training_transcripts(trained_cif, venv_bin, tmp_path):
-    """The exact user command, as a subprocess, on the utterances the model was overfit to."""
+    """The exact user command, as a subprocess, on the utterances the model was overfit to (the
+    training split: decoding it must not apply SpecAugment, whose options are on by default)."""
     cmd = [str(venv_bin / "fairseq-generate"), str(trained_cif.data), "--user-dir", USER_DIR,
-           "--task", "cif_asr", "--path", str(trained_cif.ckpt), "--gen-subset", "test", "--beam", "10",
+           "--task", "cif_asr", "--path", str(trained_cif.ckpt), "--gen-subset", "train", "--beam", "10",
            "--scoring", "wer", "--cpu", "--num-workers", "0"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -168,7 +170,13 @@ def test_beam_never_scores_below_greedy(trained_cif, tmp_path):
         _, beam = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "10", "--nbest", "3")
         assert greedy.keys() == beam.keys()
         for i in greedy:
-            assert beam[i]["score"] >= greedy[i]["score"] - 1e-6, (subset, i)
+            # Scores are per-token mean log-probs computed in float32. Beam (10 rows) and greedy (1 row)
+            # run the decoder on differently shaped batches, so matmul reductions sum in another order
+            # and each token's log-prob may differ by a few float32 ulps (~1e-7 relative, ~1e-6 for
+            # logits of magnitude ~10; measured: 1e-6 on the same hypothesis). 1e-5 relative to the
+            # per-token score bounds that with a margin and is far below any real search difference.
+            tol = 1e-5 * max(1.0, abs(greedy[i]["score"]))
+            assert beam[i]["score"] >= greedy[i]["score"] - tol, (subset, i, beam[i]["score"], greedy[i]["score"])
 
 
 def test_print_alignment_hard_gives_fire_frames(trained_cif, tmp_path):
