@@ -7,11 +7,16 @@ is teacher-forced on CIF embeddings from weights scaled to fire exactly S_b toke
 raises if they do not). Subclasses (``cif_hkd``) add terms: :meth:`CifCriterion.compute_terms`
 returns the named terms and the net output, ``self.weights`` maps term names to weights.
 
+A NaN/inf term raises :class:`~fairseq_hkd.criterions.guards.NonFiniteLossError` naming the term and
+the utterances; ``--nonfinite-loss skip`` instead skips the batch (zero loss and gradients, a warning,
+``nonfinite_skipped`` in the log). Non-finite inputs (features, teacher states) are always an error.
+
 Usage::
 
     fairseq-train DATA --user-dir fairseq_hkd --task cif_asr --arch cif_tiny \\
         --criterion cif --label-smoothing 0.1 --ctc-weight 0.5 --quantity-weight 1.0 ...
 """
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
@@ -19,12 +24,14 @@ from typing import Dict, List, Tuple
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
 from fairseq_hkd.criterions import guards, losses
 
 __all__ = ["CifCriterion", "CifCriterionConfig"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +40,12 @@ class CifCriterionConfig(FairseqDataclass):
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the decoder cross-entropy"})
     ctc_weight: float = field(default=0.5, metadata={"help": "weight of the CTC loss on the encoder (0 = off)"})
     quantity_weight: float = field(default=1.0, metadata={"help": "weight of the CIF quantity loss"})
+    nonfinite_loss: ChoiceEnum(["error", "skip"]) = field(
+        default="error",
+        metadata={"help": "a NaN/inf loss term: stop with an error naming the term and utterances, or skip the "
+                          "batch (zero loss and gradients, a warning with the utterance ids, counted in the "
+                          "log as nonfinite_skipped; e.g. for occasional fp16 overflow)"},
+    )
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -90,7 +103,11 @@ class CifCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         guards.check_inputs(sample)  # NaN/inf features or teacher states: an error naming the utterances
         terms, _, stats = self.compute_terms(model, sample)
-        guards.check_finite(terms, sample)  # NaN/inf: an error naming the term and the utterances
+        nonfinite = guards.nonfinite_message(terms, sample)  # NaN/inf: names the term and the utterances
+        if nonfinite is not None:
+            if self.cfg.nonfinite_loss != "skip":
+                raise guards.NonFiniteLossError(nonfinite)
+            return self.skipped_batch(model, terms, stats, nonfinite)
         loss = self.weighted_loss(terms)
         sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -101,8 +118,20 @@ class CifCriterion(FairseqCriterion):
             "sample_size": sample_size,
             **{f"{name}_loss": utils.item(value.data) for name, value in terms.items() if name != "nll"},
             **stats,
+            **({"nonfinite_skipped": 0} if self.cfg.nonfinite_loss == "skip" else {}),  # same keys on all ranks
         }
         return loss, sample_size, logging_output
+
+    def skipped_batch(self, model, terms, stats, message: str):
+        """``--nonfinite-loss skip``: a zero loss giving every model and criterion parameter a zero
+        gradient, sample size 0 (the batch does not count in the update's normalisation), and a
+        logging output with the same keys as a normal one, all 0 but ``nonfinite_skipped`` = 1
+        (ranks all-reduce the logs key by key, so every rank must log the same keys)."""
+        logger.warning(f"{message} Batch skipped (--nonfinite-loss skip).")
+        logging_output = {"loss": 0.0, "nll_loss": 0.0, "ntokens": 0, "nsentences": 0, "sample_size": 0,
+                          **{f"{name}_loss": 0.0 for name in terms if name != "nll"},
+                          **{key: 0 for key in stats}, "nonfinite_skipped": 1}
+        return guards.zero_loss(model, self), 0, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: List[Dict[str, object]]) -> None:
@@ -119,6 +148,8 @@ class CifCriterion(FairseqCriterion):
                 value /= math.log(2)
             metrics.log_scalar(key, value, denom, round=3)
         metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
+        if any("nonfinite_skipped" in log for log in logging_outputs):
+            metrics.log_scalar_sum("nonfinite_skipped", total("nonfinite_skipped"))
         for key in ("nsentences", "ntokens", "fire_correct", "ctc_infeasible", "tf_errors", "tf_total"):
             if any(key in log for log in logging_outputs):
                 metrics.log_scalar_sum(f"_{key}", total(key))

@@ -14,12 +14,15 @@ Usage (in a criterion's ``forward``)::
 
 ``check_inputs`` runs before the model, because non-finite features make non-finite CIF weights,
 which the CIF middleware rejects (with no utterance ids) before any loss exists.
+
+With ``--nonfinite-loss skip`` (e.g. fp16 runs that overflow now and then) the criterion calls
+:func:`nonfinite_message` instead of :func:`check_finite`, logs it and returns :func:`zero_loss`.
 """
 from typing import Dict, List, Mapping, Optional
 
 import torch
 
-__all__ = ["NonFiniteLossError", "check_finite", "check_inputs", "nonfinite_inputs"]
+__all__ = ["NonFiniteLossError", "check_finite", "check_inputs", "nonfinite_inputs", "nonfinite_message", "zero_loss"]
 
 MAX_IDS = 10  # utterance ids listed in a message
 
@@ -80,10 +83,18 @@ def check_finite(terms: Mapping[str, torch.Tensor], sample: Mapping) -> None:
     are batch sums, so the batch is the finest unit known), the utterances whose inputs are already
     non-finite when there are any, and the usual fixes.
     """
+    msg = nonfinite_message(terms, sample)
+    if msg is not None:
+        raise NonFiniteLossError(msg)
+
+
+def nonfinite_message(terms: Mapping[str, torch.Tensor], sample: Mapping) -> Optional[str]:
+    """None when every term (a scalar tensor) is finite, else the message :func:`check_finite` raises
+    (one host sync)."""
     values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
     finite = torch.isfinite(values)
     if bool(finite.all()):
-        return
+        return None
     bad = ", ".join(f"{name}={float(v):g}" for name, v, ok in zip(terms, values, finite) if not ok)
     msg = [f"non-finite loss term(s) {bad} in a batch of {len(sample.get('utt_id') or sample.get('id', []))} "
            f"utterance(s): {_ids(sample)}."]
@@ -94,4 +105,12 @@ def check_finite(terms: Mapping[str, torch.Tensor], sample: Mapping) -> None:
                    "--clip-norm (paper: 1.0), train in float32 (without --fp16/--amp) to confirm, and check these "
                    "utterances' transcripts against their audio (a transcript far longer than its audio makes "
                    "CTC and the quantity loss explode).")
-    raise NonFiniteLossError(" ".join(msg))
+    return " ".join(msg)
+
+
+def zero_loss(*modules: torch.nn.Module) -> torch.Tensor:
+    """A float32 zero connected to one element of every trainable parameter of ``modules``: its
+    backward gives every parameter an exact zero gradient (none NaN, none missing), so a skipped
+    batch still takes part in DDP's gradient all-reduce and fp16 loss scaling like any other."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    return sum((p.reshape(-1)[:1].float().sum() * 0.0 for p in params), torch.zeros(()))
