@@ -268,3 +268,32 @@ def test_targets_longer_than_the_encoder_output_filtered_for_training(data, capl
     # what the filter prevents: the loss of such an utterance cannot be computed
     with pytest.raises(RuntimeError, match="CIF fired"):
         criterion(model.train(), ds.collater([ds[1]]))
+
+
+def test_items_are_writable_copies_of_the_memory_mapped_stores(data):
+    """Feature store read with --cmvn none and the teacher store are read-only memmaps: items must be
+    writable copies (torch warns on a read-only array, and writing to one is undefined)."""
+    import warnings
+
+    from fairseq_hkd.teacher.store import TeacherStoreWriter
+
+    store_cli_main([str(data), "--splits", "valid", "--dtype", "float32"])
+    task = setup_task(data, "--feature-store", "yes", "--cmvn", "none")
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    w = TeacherStoreWriter(str(data), "valid", [(e.id, len(t)) for e, t in zip(ds.entries, ds.targets)], 4,
+                           fingerprint={"units": task.units.fingerprint()})
+    for e, t in zip(ds.entries, ds.targets):
+        w.write(e.id, np.ones((len(t), 4), np.float32))
+    w.close()
+    task = setup_task(data, "--feature-store", "yes", "--cmvn", "none", "--load-teacher", "yes")
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "The given NumPy array is not writable"
+        item = ds[0]
+    first = item["source"].clone()
+    item["source"].add_(1.0)
+    item["teacher"].add_(1.0)
+    again = ds[0]
+    assert torch.equal(again["source"], first) and (again["teacher"] == 1).all()
