@@ -18,12 +18,8 @@ avg=10
 subsets="dev test"
 beam=10
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 . "$HERE/conf/task.sh"
 
 ckpt=$exp/checkpoint_avg$avg.pt

@@ -25,12 +25,8 @@ plm=""
 data=$REPO/data/aishell1
 nj=8
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$corpus" ] || { echo "$0: give --corpus /path/to/data_aishell" >&2; exit 2; }
 mkdir -p "$data"
 

@@ -27,12 +27,8 @@ dev_subsets="dev-clean dev-other"
 test_subsets="test-clean test-other"
 nj=8
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$corpus" ] || { echo "$0: give --corpus /path/to/LibriSpeech" >&2; exit 2; }
 [ -n "$plm" ] || { echo "$0: give --plm /path/to/bert-base-uncased (a local folder)" >&2; exit 2; }
 mkdir -p "$data"

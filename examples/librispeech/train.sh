@@ -24,12 +24,8 @@ conf=paper
 valid=dev-clean,dev-other
 plm=""             # the LOCAL bert-base-uncased folder given to prepare.sh (its tokenizer defines the units)
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || { echo "$0: give --plm /path/to/bert-base-uncased" >&2; exit 2; }
 . "$HERE/conf/task.sh"
 if [ -f "$conf" ]; then . "$conf"; else . "$HERE/conf/$conf.sh"; fi  # a name in conf/ or a file

@@ -17,17 +17,13 @@ log() { echo "[synth/ablation $(date +%H:%M:%S)] $*"; }
 data=$REPO/data/synth
 exp=$REPO/exp/synth-ablation
 seeds="1 2"
-max_update=1500
+max_update=1300
 train_minutes=0
 beam=5
 parallel=2        # runs side by side
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 [ "$(echo $seeds | wc -w)" -ge 2 ] || { echo "$0: give at least 2 seeds for a spread" >&2; exit 2; }
 
 # system: criterion acd_weight lrd_weight

@@ -6,8 +6,8 @@
 #   examples/synth/run.sh                                   # data/synth, exp/synth
 #   examples/synth/run.sh --max-update 3000 --exp /tmp/exp --beam 1
 #
-# Steps: prepare.sh (corpus, dict, fbank + CMVN, teacher states) -> train.sh --criterion cif ->
-# train.sh --criterion cif_hkd -> decode.sh on test (unseen voices) and heldout (training voices,
+# Steps: prepare.sh (corpus, dict, fbank + CMVN, teacher states) -> train.sh --criterion cif and
+# train.sh --criterion cif_hkd side by side -> decode.sh on test (unseen voices) and heldout (training voices,
 # unseen sentences). The table goes to stdout and EXP/wer-table.md.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -16,17 +16,13 @@ log() { echo "[synth/run $(date +%H:%M:%S)] $*"; }
 
 data=$REPO/data/synth
 exp=$REPO/exp/synth
-max_update=1500
+max_update=1300
 train_minutes=0
 seed=1
 beam=5
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 
 start=$(date +%s)
 "$HERE/prepare.sh" --data "$data"
@@ -48,9 +44,10 @@ log "training cif and cif_hkd side by side ($threads thread(s) each, $max_update
 train_one cif cif & pid_cif=$!
 train_one hkd cif_hkd & pid_hkd=$!
 wait $pid_cif && wait $pid_hkd
-for model in cif hkd; do
-  "$HERE/decode.sh" --data "$data" --exp "$exp/$model" --beam "$beam"
-done
+log "decoding test and heldout with fairseq-generate (beam $beam)"
+OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/cif" --beam "$beam" & pid_cif=$!
+OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/hkd" --beam "$beam" & pid_hkd=$!
+wait $pid_cif && wait $pid_hkd
 
 {
   echo "| model | test WER % (unseen voices) | heldout WER % (training voices, unseen sentences) |"

