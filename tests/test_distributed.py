@@ -82,7 +82,9 @@ def test_two_ranks_match_update_freq_2(tmp_path, venv_bin, tiny_hkd_data):
         # same batches: same token counts; same numbers: same rounded losses, ACD/LRD included
         assert (a["wpb"], a["bsz"]) == (b["wpb"], b["bsz"]) and float(a["bsz"]) == 4, (a, b)
         for key in ("loss", "ce_loss", "ctc_loss", "quantity_loss", "acd_loss", "lrd_loss"):
-            assert a[key] == b[key], (key, a, b)
+            # fairseq logs 3 decimals; the all-reduce sums in another order than --update-freq, so a
+            # value at a rounding boundary may print one step apart: allow one step (+ float error)
+            assert abs(float(a[key]) - float(b[key])) <= 1.5e-3, (key, a, b)
 
     p1 = _trainable(checkpoint_params(tmp_path / "single" / "checkpoint_last.pt"))
     p2 = _trainable(checkpoint_params(tmp_path / "ddp" / "checkpoint_last.pt"))
