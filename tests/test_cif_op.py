@@ -237,6 +237,43 @@ def test_opcheck():
     torch.library.opcheck(cif_gather, (h, wl, wr, il, ir, n, IMPL))
 
 
+def test_gather_op_gradcheck_float64():
+    """The cif_gather custom op (torch impl: what the Triton path composes, and what
+    torch.compile sees) against finite differences, with arbitrary weights."""
+    h, wl, wr, il, ir, n = gather_args(2, 11, 3, 5, seed=4, dtype=torch.float64)
+    wl, wr = torch.randn_like(wl), torch.randn_like(wr)  # not only plan-shaped weights
+    assert torch.autograd.gradcheck(
+        lambda h, wl, wr: cif_gather(h, wl, wr, il, ir, n, IMPL),
+        (h.requires_grad_(), wl.requires_grad_(), wr.requires_grad_()),
+    )
+
+
+@pytest.mark.parametrize("threshold,tail,max_tokens", [(1.0, None, None), (1.0, 0.5, 30),
+                                                       (0.75, 0.2, 4)])
+def test_fused_cpu_path_equals_plan_plus_gather_op(threshold, tail, max_tokens):
+    """cif(impl="torch") runs plan + gather as one autograd node; the same maths through
+    cif_plan and the cif_gather custom op (two nodes) must give the same values and grads."""
+    from fairseq_hkd.ops.cif.plan import cif_plan
+
+    alpha, h, mask = random_case(3, 40, 5, seed=6)
+    a1, h1 = alpha.clone().requires_grad_(), h.clone().requires_grad_()
+    a2, h2 = alpha.clone().requires_grad_(), h.clone().requires_grad_()
+    out = cif(a1, h1, mask, threshold, tail, max_tokens, allow_overflow=True, impl=IMPL)
+    plan = cif_plan(a2, mask, threshold, tail, max_tokens, True)
+    emb = cif_gather(h2.masked_fill(mask.unsqueeze(-1), 0.0), plan.w_left, plan.w_right,
+                     plan.idx_left, plan.idx_right, max(plan.num_tokens, 1), IMPL)
+    emb = emb[:, : plan.num_tokens]
+    torch.testing.assert_close(out.embeddings, emb, atol=1e-12, rtol=1e-12)
+    assert torch.equal(out.lengths, plan.lengths)
+    assert torch.equal(out.fire_mask, plan.fire_mask)
+    assert torch.equal(out.token_index, plan.token_index)
+    weights = torch.randn_like(emb)
+    (out.embeddings * weights).sum().backward()
+    (emb * weights).sum().backward()
+    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-12, rtol=1e-12)
+
+
 def test_impl_selection_and_input_errors(monkeypatch):
     import fairseq_hkd.ops.cif as cif_module
 

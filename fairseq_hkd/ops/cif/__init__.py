@@ -147,13 +147,16 @@ def cif(
     if which == "reference":
         return _reference_output(alpha, h, padding_mask, threshold, tail_threshold,
                                  max_tokens, allow_overflow)
+    if which == "torch":  # plan + gather as one autograd node (the CPU hot path)
+        from fairseq_hkd.ops.cif.torch_impl import CifFunction
+
+        return CifOutput(*CifFunction.apply(alpha, h, padding_mask, float(threshold),
+                                            tail_threshold, max_tokens, allow_overflow))
     from fairseq_hkd.ops.cif.op import cif_gather
 
     fp64 = h.dtype == torch.float64
     plan = cif_plan(alpha, padding_mask, threshold, tail_threshold, max_tokens, allow_overflow,
                     impl=which, fp64_weights=fp64)
-    if padding_mask is not None and which != "triton":  # the kernels skip zero weights
-        h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
     B, T, C = h.shape
     if B * T == 0:
         return CifOutput(h.new_zeros(B, plan.num_tokens, C), *plan[4:7])

@@ -65,69 +65,126 @@ def _shift_right(x: Tensor) -> Tensor:
     return torch.nn.functional.pad(x[:, :-1], (1, 0))
 
 
-class _TorchPlan(torch.autograd.Function):
-    """The plan in PyTorch with a hand-written backward (alpha [B, T] -> weights, indices).
+class PlanState(NamedTuple):
+    """What ``plan_backward`` needs from ``plan_forward`` ([B, T] float64 unless noted).
 
-    Backward (GL, GR = grads of wl, wr; f = token factor, see triton_plan.py for the
-    derivation): dL/da_u = GL_u f_{k_u} + sum_{t >= u, fire_t} (GR_t f_{n_t} - GL_t f_{k_t})
-    + dL/dr, times the clamp/mask gradient; ~15 [B, T] ops instead of autograd's ~40.
+    grad_mask [B, T] bool: where the clamp (and the padding mask) pass the gradient.
+    fire [B, T] bool; f_k, f_n: token factors of the left/right token; base_l, base_r: the
+    weights before the factor. Tail only (None without a tail threshold): on_tail_l,
+    on_tail_r [B, T] bool (the entry feeds the tail token), d_r_scale [B, 1] float64
+    (d residual-factor, zero where no tail token is emitted).
     """
+
+    grad_mask: Tensor
+    fire: Tensor
+    f_k: Tensor
+    f_n: Tensor
+    base_l: Tensor
+    base_r: Tensor
+    on_tail_l: Optional[Tensor]
+    on_tail_r: Optional[Tensor]
+    d_r_scale: Optional[Tensor]
+
+
+def plan_forward(alpha: Tensor, padding_mask: Optional[Tensor], threshold: float,
+                 tail_threshold: Optional[float], bound: int):
+    """alpha [B, T] -> (w_left, w_right [B, T] float64, k, n [B, T] long (unclamped token
+    ids), fire [B, T] bool, lengths [B] long, PlanState). Tokens >= bound get weight 0.
+
+    About 30 small [B, T] ops: on CPU their dispatch, not their arithmetic, is the cost, so
+    the count is kept low (the token factor is one ``where`` against per-row limits, the
+    right base weight is a - left base, which is exactly 0 on frames that do not fire).
+    """
+    x = alpha.detach().to(torch.float64)
+    cap = min(1.0, threshold)
+    a = x.clamp(0.0, cap)
+    grad_mask = (x >= 0.0) & (x <= cap)
+    if padding_mask is not None:
+        a = a.masked_fill(padding_mask, 0.0)
+        grad_mask &= ~padding_mask
+    S = a.cumsum(1)
+    P = _shift_right(S)
+    # token ids as floats: floor(S / beta); with beta = 1 the division is skipped (exact)
+    n = (S if threshold == 1.0 else S / threshold).floor()
+    k = _shift_right(n)
+    fire = n > k
+    if S.size(1) > 0:
+        fires, total = n[:, -1:], S[:, -1:]
+    else:  # no frames: no tokens
+        fires, total = n.new_zeros(n.size(0), 1), S.new_zeros(S.size(0), 1)
+    # every token id is <= fires; tokens below min(fires, bound) get factor 1, token `fires`
+    # (the leftover) gets the tail factor beta / r if a tail is emitted and it is < bound
+    limit = fires.clamp(max=bound)
+    on_tail_l = on_tail_r = d_r_scale = None
+    if tail_threshold is None:
+        tail = torch.zeros_like(fire[:, :1])
+        f_k, f_n = (k < limit).double(), (n < limit).double()
+    else:
+        residual = total - fires * threshold
+        tail = residual >= tail_threshold
+        r = torch.where(tail, residual, 1.0)
+        emitted = tail & (fires < bound)
+        scale = torch.where(emitted, threshold / r, 0.0)
+        f_k, f_n = torch.where(k < limit, 1.0, scale), torch.where(n < limit, 1.0, scale)
+        on_tail_l, on_tail_r = k == fires, n == fires
+        d_r_scale = torch.where(emitted, -threshold / r.square(), 0.0)
+    base_l = torch.where(fire, (k + 1.0) * threshold - P, a)
+    base_r = a - base_l
+    state = PlanState(grad_mask, fire, f_k, f_n, base_l, base_r, on_tail_l, on_tail_r,
+                      d_r_scale)
+    lengths = (fires.long() + tail.long()).squeeze(1)
+    return base_l * f_k, base_r * f_n, k.long(), n.long(), fire, lengths, state
+
+
+def plan_backward(state: PlanState, grad_wl: Optional[Tensor],
+                  grad_wr: Optional[Tensor]) -> Tensor:
+    """(dL/dw_left, dL/dw_right) [B, T] -> dL/dalpha [B, T] float64.
+
+    GL, GR = the two gradients, f the token factor (derivation in triton_plan.py):
+    dL/da_u = GL_u f_{k_u} + sum_{t >= u, fire_t} (GR_t f_{n_t} - GL_t f_{k_t}) + dL/dr,
+    times the clamp/mask gradient.
+    """
+    zeros = torch.zeros_like(state.base_l)
+    gl = zeros if grad_wl is None else grad_wl.to(torch.float64)
+    gr = zeros if grad_wr is None else grad_wr.to(torch.float64)
+    left = gl * state.f_k
+    z = torch.where(state.fire, gr * state.f_n - left, 0.0)
+    grad = z.flip(1).cumsum(1).flip(1) + left
+    if state.d_r_scale is not None:  # the tail factor beta / r depends on every alpha via r
+        d_scale = (torch.where(state.on_tail_l, gl * state.base_l, 0.0)
+                   + torch.where(state.on_tail_r, gr * state.base_r, 0.0)).sum(1, keepdim=True)
+        grad = grad + d_scale * state.d_r_scale
+    return torch.where(state.grad_mask, grad, 0.0)
+
+
+class _TorchPlan(torch.autograd.Function):
+    """``plan_forward`` / ``plan_backward`` as an autograd function of alpha (the weights
+    are differentiable, the indices are not)."""
 
     @staticmethod
     def forward(ctx, alpha, padding_mask, threshold, tail_threshold, bound):
-        x = alpha.detach().to(torch.float64)
-        cap = min(1.0, threshold)
-        keep = torch.ones_like(x, dtype=torch.bool) if padding_mask is None else ~padding_mask
-        a = torch.where(keep, x.clamp(0.0, cap), 0.0)
-        S = a.cumsum(1)
-        P = _shift_right(S)
-        # floor(S / beta); with beta = 1 the division is skipped so it is exact.
-        n = (S if threshold == 1.0 else S / threshold).floor().long()
-        k = _shift_right(n)
-        fire = n > k
-        if S.size(1) > 0:
-            fires, total = n[:, -1:], S[:, -1:]
-        else:  # no frames: no tokens
-            fires, total = n.new_zeros(n.size(0), 1), S.new_zeros(S.size(0), 1)
-        residual = total - fires.double() * threshold
-        # tail: one more token from the leftover weight, renormalised to a full token
-        tail = residual >= (float("inf") if tail_threshold is None else tail_threshold)
-        residual = torch.where(tail, residual, 1.0)
-        scale = torch.where(tail, threshold / residual, 0.0)  # factor of token `fires`
-
-        def factor(tok):
-            f = torch.where(tok < fires, 1.0, torch.where(tok == fires, scale, 0.0))
-            return torch.where(tok < bound, f, 0.0)
-
-        f_k, f_n = factor(k), factor(n)
-        base_l = torch.where(fire, (k + 1).double() * threshold - P, a)
-        base_r = torch.where(fire, S - n.double() * threshold, 0.0)
-        ctx.save_for_backward(x, keep, fire, f_k, f_n, base_l, base_r, k, n, fires, tail,
-                              residual)
-        ctx.args = (threshold, cap, bound)
+        wl, wr, k, n, fire, lengths, state = plan_forward(alpha, padding_mask, threshold,
+                                                          tail_threshold, bound)
+        ctx.state_fields = [f is not None for f in state]
+        ctx.save_for_backward(*[f for f in state if f is not None])
         ctx.alpha_dtype = alpha.dtype
         top = max(bound - 1, 0)
         token_index = k if padding_mask is None else k.masked_fill(padding_mask, -1)
-        outputs = (base_l * f_k, base_r * f_n, k.clamp(max=top), n.clamp(max=top), fire,
-                   token_index, (fires + tail.long()).squeeze(1))
+        outputs = (wl, wr, k.clamp(max=top), n.clamp(max=top), fire, token_index, lengths)
         ctx.mark_non_differentiable(*outputs[2:])
         return outputs
 
     @staticmethod
     def backward(ctx, grad_wl, grad_wr, *unused):
-        x, keep, fire, f_k, f_n, base_l, base_r, k, n, fires, tail, residual = ctx.saved_tensors
-        threshold, cap, bound = ctx.args
-        gl = torch.zeros_like(x) if grad_wl is None else grad_wl.to(torch.float64)
-        gr = torch.zeros_like(x) if grad_wr is None else grad_wr.to(torch.float64)
-        z = torch.where(fire, gr * f_n - gl * f_k, 0.0)
-        on_tail_l = keep & (k == fires) & (k < bound)
-        on_tail_r = keep & (n == fires) & (n < bound)
-        d_scale = (torch.where(on_tail_l, gl * base_l, 0.0)
-                   + torch.where(on_tail_r, gr * base_r, 0.0)).sum(1, keepdim=True)
-        d_r = torch.where(tail, -d_scale * threshold / residual.square(), 0.0)
-        grad = z.flip(1).cumsum(1).flip(1) + gl * f_k + d_r
-        grad = torch.where(keep & (x >= 0.0) & (x <= cap), grad, 0.0)
+        state = unpack_state(ctx.saved_tensors, ctx.state_fields)
+        grad = plan_backward(state, grad_wl, grad_wr)
         return grad.to(ctx.alpha_dtype), None, None, None, None
+
+
+def unpack_state(saved, present) -> PlanState:
+    """Rebuild a PlanState from the saved non-None fields (``present``: flags per field)."""
+    it = iter(saved)
+    return PlanState(*[next(it) if p else None for p in present])
 
 
 def plan_tensors(alpha, padding_mask, threshold, tail_threshold, bound, impl, fp64_weights):
