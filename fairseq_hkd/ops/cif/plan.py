@@ -66,34 +66,33 @@ def _shift_right(x: Tensor) -> Tensor:
 
 
 class PlanState(NamedTuple):
-    """What ``plan_backward`` needs from ``plan_forward`` ([B, T] float64 unless noted).
+    """What ``plan_backward`` needs from ``plan_forward``. The last axis of the [B, T, 2]
+    tensors is (left, right): the two tokens a frame feeds.
 
     grad_mask [B, T] bool: where the clamp (and the padding mask) pass the gradient.
-    fire [B, T] bool; f_k, f_n: token factors of the left/right token; base_l, base_r: the
-    weights before the factor. Tail only (None without a tail threshold): on_tail_l,
-    on_tail_r [B, T] bool (the entry feeds the tail token), d_r_scale [B, 1] float64
-    (d residual-factor, zero where no tail token is emitted).
+    fire [B, T] bool; factor [B, T, 2] float64: the token factor (1, the tail factor, or 0);
+    base [B, T, 2] float64: the weights before the factor. Tail only (None without a tail
+    threshold): on_tail [B, T, 2] bool (the entry feeds the tail token); d_r_scale [B, 1]
+    float64 (d factor / d residual for the tail token, 0 where no tail token is emitted).
     """
 
     grad_mask: Tensor
     fire: Tensor
-    f_k: Tensor
-    f_n: Tensor
-    base_l: Tensor
-    base_r: Tensor
-    on_tail_l: Optional[Tensor]
-    on_tail_r: Optional[Tensor]
+    factor: Tensor
+    base: Tensor
+    on_tail: Optional[Tensor]
     d_r_scale: Optional[Tensor]
 
 
 def plan_forward(alpha: Tensor, padding_mask: Optional[Tensor], threshold: float,
                  tail_threshold: Optional[float], bound: int):
-    """alpha [B, T] -> (w_left, w_right [B, T] float64, k, n [B, T] long (unclamped token
-    ids), fire [B, T] bool, lengths [B] long, PlanState). Tokens >= bound get weight 0.
+    """alpha [B, T] -> (weights [B, T, 2] float64, token ids [B, T, 2] long (unclamped),
+    fire [B, T] bool, lengths [B] long, PlanState); last axis (left, right). Tokens >= bound
+    get weight 0.
 
-    About 30 small [B, T] ops: on CPU their dispatch, not their arithmetic, is the cost, so
-    the count is kept low (the token factor is one ``where`` against per-row limits, the
-    right base weight is a - left base, which is exactly 0 on frames that do not fire).
+    About 25 small ops: on CPU their dispatch, not their arithmetic, is the cost, so left and
+    right share stacked tensors, the token factor is one ``where`` against per-row limits, and
+    the right base weight is a - left base (exactly 0 on frames that do not fire).
     """
     x = alpha.detach().to(torch.float64)
     cap = min(1.0, threshold)
@@ -107,53 +106,49 @@ def plan_forward(alpha: Tensor, padding_mask: Optional[Tensor], threshold: float
     # token ids as floats: floor(S / beta); with beta = 1 the division is skipped (exact)
     n = (S if threshold == 1.0 else S / threshold).floor()
     k = _shift_right(n)
+    ids = torch.stack((k, n), dim=-1)
     fire = n > k
     if S.size(1) > 0:
         fires, total = n[:, -1:], S[:, -1:]
     else:  # no frames: no tokens
         fires, total = n.new_zeros(n.size(0), 1), S.new_zeros(S.size(0), 1)
-    # every token id is <= fires; tokens below min(fires, bound) get factor 1, token `fires`
+    # every token id is <= fires; ids below min(fires, bound) get factor 1, token `fires`
     # (the leftover) gets the tail factor beta / r if a tail is emitted and it is < bound
-    limit = fires.clamp(max=bound)
-    on_tail_l = on_tail_r = d_r_scale = None
+    below = ids < fires.clamp(max=bound).unsqueeze(-1)
+    on_tail = d_r_scale = None
     if tail_threshold is None:
         tail = torch.zeros_like(fire[:, :1])
-        f_k, f_n = (k < limit).double(), (n < limit).double()
+        factor = below.double()
     else:
         residual = total - fires * threshold
         tail = residual >= tail_threshold
         r = torch.where(tail, residual, 1.0)
         emitted = tail & (fires < bound)
-        scale = torch.where(emitted, threshold / r, 0.0)
-        f_k, f_n = torch.where(k < limit, 1.0, scale), torch.where(n < limit, 1.0, scale)
-        on_tail_l, on_tail_r = k == fires, n == fires
+        factor = torch.where(below, 1.0, torch.where(emitted, threshold / r, 0.0).unsqueeze(-1))
+        on_tail = ids == fires.unsqueeze(-1)
         d_r_scale = torch.where(emitted, -threshold / r.square(), 0.0)
     base_l = torch.where(fire, (k + 1.0) * threshold - P, a)
-    base_r = a - base_l
-    state = PlanState(grad_mask, fire, f_k, f_n, base_l, base_r, on_tail_l, on_tail_r,
-                      d_r_scale)
+    base = torch.stack((base_l, a - base_l), dim=-1)
+    state = PlanState(grad_mask, fire, factor, base, on_tail, d_r_scale)
     lengths = (fires.long() + tail.long()).squeeze(1)
-    return base_l * f_k, base_r * f_n, k.long(), n.long(), fire, lengths, state
+    return base * factor, ids.long(), fire, lengths, state
 
 
-def plan_backward(state: PlanState, grad_wl: Optional[Tensor],
-                  grad_wr: Optional[Tensor]) -> Tensor:
-    """(dL/dw_left, dL/dw_right) [B, T] -> dL/dalpha [B, T] float64.
+def plan_backward(state: PlanState, grad_w: Tensor) -> Tensor:
+    """dL/dweights [B, T, 2] (left, right) -> dL/dalpha [B, T] float64.
 
     GL, GR = the two gradients, f the token factor (derivation in triton_plan.py):
     dL/da_u = GL_u f_{k_u} + sum_{t >= u, fire_t} (GR_t f_{n_t} - GL_t f_{k_t}) + dL/dr,
     times the clamp/mask gradient.
     """
-    zeros = torch.zeros_like(state.base_l)
-    gl = zeros if grad_wl is None else grad_wl.to(torch.float64)
-    gr = zeros if grad_wr is None else grad_wr.to(torch.float64)
-    left = gl * state.f_k
-    z = torch.where(state.fire, gr * state.f_n - left, 0.0)
+    grad_w = grad_w.to(torch.float64)
+    scaled = grad_w * state.factor
+    left = scaled[..., 0]
+    z = torch.where(state.fire, scaled[..., 1] - left, 0.0)
     grad = z.flip(1).cumsum(1).flip(1) + left
     if state.d_r_scale is not None:  # the tail factor beta / r depends on every alpha via r
-        d_scale = (torch.where(state.on_tail_l, gl * state.base_l, 0.0)
-                   + torch.where(state.on_tail_r, gr * state.base_r, 0.0)).sum(1, keepdim=True)
-        grad = grad + d_scale * state.d_r_scale
+        d_scale = torch.where(state.on_tail, grad_w * state.base, 0.0).sum((1, 2))
+        grad = grad + d_scale.unsqueeze(1) * state.d_r_scale
     return torch.where(state.grad_mask, grad, 0.0)
 
 
@@ -163,21 +158,25 @@ class _TorchPlan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha, padding_mask, threshold, tail_threshold, bound):
-        wl, wr, k, n, fire, lengths, state = plan_forward(alpha, padding_mask, threshold,
-                                                          tail_threshold, bound)
+        w, ids, fire, lengths, state = plan_forward(alpha, padding_mask, threshold,
+                                                    tail_threshold, bound)
         ctx.state_fields = [f is not None for f in state]
         ctx.save_for_backward(*[f for f in state if f is not None])
         ctx.alpha_dtype = alpha.dtype
-        top = max(bound - 1, 0)
-        token_index = k if padding_mask is None else k.masked_fill(padding_mask, -1)
-        outputs = (wl, wr, k.clamp(max=top), n.clamp(max=top), fire, token_index, lengths)
+        k = ids[..., 0]
+        token_index = k.clone() if padding_mask is None else k.masked_fill(padding_mask, -1)
+        il, ir = ids.clamp(max=max(bound - 1, 0)).unbind(-1)
+        outputs = (w[..., 0].contiguous(), w[..., 1].contiguous(), il.contiguous(),
+                   ir.contiguous(), fire, token_index, lengths)
         ctx.mark_non_differentiable(*outputs[2:])
         return outputs
 
     @staticmethod
     def backward(ctx, grad_wl, grad_wr, *unused):
         state = unpack_state(ctx.saved_tensors, ctx.state_fields)
-        grad = plan_backward(state, grad_wl, grad_wr)
+        grads = [torch.zeros_like(state.base[..., 0]) if g is None else g
+                 for g in (grad_wl, grad_wr)]
+        grad = plan_backward(state, torch.stack(grads, dim=-1))
         return grad.to(ctx.alpha_dtype), None, None, None, None
 
 
