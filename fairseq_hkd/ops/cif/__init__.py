@@ -9,9 +9,12 @@ FAIRSEQ_HKD_CIF_IMPL picks one, default "auto"):
   "triton"     Triton kernels, forward and hand-written backward: the plan in one kernel
                (``triton_plan.py``), the [B, T, C] gather in another (``triton_kernels.py``);
   "auto"       "triton" for CUDA tensors when Triton is installed, else "torch".
-Both fast paths are torch.library custom ops (``op.py``) with registered autograd.
 Layout of the work: ``plan.py`` turns alpha into per-frame (token, weight) pairs in float64
-([B, T] work, differentiable), the gather integrates h with them ([B, T, C] work).
+([B, T] work, differentiable), the gather integrates h with them ([B, T, C] work). The Triton
+path runs both as torch.library custom ops (``op.py``) with registered autograd; the torch path
+runs them as one autograd node (``torch_impl.CifFunction``), which on CPU saves the custom-op
+dispatch of a second node. The ``cif_gather`` custom op also takes impl="torch" (the same
+gather; tested equal to the fused node).
 """
 import os
 from typing import NamedTuple, Optional
