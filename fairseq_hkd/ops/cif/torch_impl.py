@@ -1,4 +1,5 @@
-"""Vectorized PyTorch implementation of the CIF gather (the CPU path).
+"""Vectorized PyTorch implementation of the CIF op (the CPU path): the gather, and
+``CifFunction``, plan + gather as one autograd node (what ``cif(impl="torch")`` runs).
 
 Shapes: B batch, T frames, N tokens, C channels.
 
@@ -42,14 +43,14 @@ class Entries(NamedTuple):
     weights: Tensor
 
 
-def make_entries(wl: Tensor, wr: Tensor, il: Tensor, ir: Tensor, num_tokens: int,
-                 dtype: torch.dtype) -> Entries:
-    B, T = il.shape
-    base = (torch.arange(B, device=il.device) * num_tokens)[:, None, None]
-    rows = (torch.stack((il, ir), dim=-1) + base).reshape(-1)
-    frames = torch.arange(B * T, device=il.device).repeat_interleave(2)
-    weights = torch.stack((wl, wr), dim=-1).reshape(-1).to(dtype)
-    return Entries(rows, frames, weights)
+def make_entries(weights: Tensor, ids: Tensor, num_tokens: int, dtype: torch.dtype) -> Entries:
+    """weights [B, T, 2] float, ids [B, T, 2] long in [0, N) (last axis: left, right) ->
+    the flattened entries, rows b * N + token."""
+    B, T, _ = ids.shape
+    base = (torch.arange(B, device=ids.device) * num_tokens)[:, None, None]
+    rows = (ids + base).view(-1)
+    frames = torch.arange(B * T, device=ids.device).repeat_interleave(2)
+    return Entries(rows, frames, weights.reshape(-1).to(dtype))
 
 
 def bag_forward(h: Tensor, e: Entries, num_tokens: int) -> Tensor:
@@ -85,15 +86,17 @@ def gather_forward(
     h: Tensor, wl: Tensor, wr: Tensor, il: Tensor, ir: Tensor, num_tokens: int
 ) -> Tensor:
     """h [B, T, C], wl/wr [B, T] float, il/ir [B, T] long in [0, N) -> out [B, N, C] (h.dtype)."""
-    return bag_forward(h, make_entries(wl, wr, il, ir, num_tokens, _compute_dtype(h)),
-                       num_tokens)
+    e = make_entries(torch.stack((wl, wr), dim=-1), torch.stack((il, ir), dim=-1), num_tokens,
+                     _compute_dtype(h))
+    return bag_forward(h, e, num_tokens)
 
 
 def gather_backward(
     grad_out: Tensor, h: Tensor, wl: Tensor, wr: Tensor, il: Tensor, ir: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """grad_out [B, N, C] -> (grad_h [B, T, C], grad_wl [B, T], grad_wr [B, T])."""
-    e = make_entries(wl, wr, il, ir, grad_out.size(1), _compute_dtype(h))
+    e = make_entries(torch.stack((wl, wr), dim=-1), torch.stack((il, ir), dim=-1),
+                     grad_out.size(1), _compute_dtype(h))
     grad_h, grad_w = bag_backward(grad_out, h, e)
     return (
         grad_h,
@@ -130,11 +133,8 @@ class CifFunction(torch.autograd.Function):
             emb = h.new_zeros(B, num, C)
         else:
             h = h.contiguous()
-            # spill-over ids (weight 0) are clamped into range; row = b * N + token
-            base = (torch.arange(B, device=h.device) * num)[:, None, None]
-            rows = (ids.clamp(max=num - 1) + base).view(-1)
-            frames = torch.arange(B * T, device=h.device).repeat_interleave(2)
-            entries = Entries(rows, frames, w.view(-1).to(_compute_dtype(h)))
+            # spill-over ids (weight 0) are clamped into range
+            entries = make_entries(w, ids.clamp(max=num - 1), num, _compute_dtype(h))
             emb = bag_forward(h, entries, num)
         ctx.state_fields = [f is not None for f in state]
         ctx.save_for_backward(h, padding_mask, *entries, *[f for f in state if f is not None])
