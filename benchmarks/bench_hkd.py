@@ -113,7 +113,9 @@ def step(model, crit, opt, sample, device):
     return log
 
 
-def run(arch, batch_size, frames, tokens, vocab, teacher_dim, steps, warmup, device, negatives):
+def build_setup(arch, vocab, teacher_dim):
+    """-> (dictionary of `vocab` symbols, model of `arch` (seed 0), task with a teacher of
+    `teacher_dim` dims projected from the CIF and decoder states)."""
     d = Dictionary()
     for i in range(vocab - d.nspecial):
         d.add_symbol(f"w{i}")
@@ -121,7 +123,11 @@ def run(arch, batch_size, frames, tokens, vocab, teacher_dim, steps, warmup, dev
     torch.manual_seed(0)
     base = CifModel.build_model(cfg, _Task(d, None, None))
     dims = {"cif": cfg.encoder_embed_dim, "decoder": cfg.decoder_embed_dim}
-    task = _Task(d, teacher_dim, dims)
+    return d, base, _Task(d, teacher_dim, dims)
+
+
+def run(arch, batch_size, frames, tokens, vocab, teacher_dim, steps, warmup, device, negatives):
+    d, base, task = build_setup(arch, vocab, teacher_dim)
     cif = CifCriterion(CifCriterionConfig(sentence_avg=False), task)
     hkd = CifHkdCriterion(CifHkdCriterionConfig(sentence_avg=False, acd_negatives=negatives), task)
     batches = make_batches(4, batch_size, frames, tokens, len(d), d)

@@ -34,12 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_hkd import _Task, arch_config, make_batches, to_device, with_teacher, write_store  # noqa: E402
-from fairseq.data import Dictionary  # noqa: E402
+from bench_hkd import build_setup, make_batches, to_device, with_teacher, write_store  # noqa: E402
 
 from fairseq_hkd.criterions.cif import CifCriterion, CifCriterionConfig  # noqa: E402
 from fairseq_hkd.criterions.cif_hkd import CifHkdCriterion, CifHkdCriterionConfig  # noqa: E402
-from fairseq_hkd.models.cif_model import CifModel  # noqa: E402
 
 # arch: (batch size, longest utterance in frames, its target tokens, vocabulary, teacher dim)
 PRESETS = {"cif_tiny": (16, 300, 30, 30, 384), "cif_conformer_paper": (8, 450, 15, 4234, 768)}
@@ -59,13 +57,7 @@ def train_step(model, criterion, optimizer, sample, device, clip_norm=1.0):
 
 def measure(arch, batch_size, frames, tokens, vocab, teacher_dim, steps, warmup, device):
     """-> {criterion: (seconds per step [steps]), ...}, the batches' mean (utterances, frames, tokens)."""
-    d = Dictionary()
-    for i in range(vocab - d.nspecial):
-        d.add_symbol(f"w{i}")
-    cfg = arch_config(arch)
-    torch.manual_seed(0)
-    base = CifModel.build_model(cfg, _Task(d, None, None))
-    task = _Task(d, teacher_dim, {"cif": cfg.encoder_embed_dim, "decoder": cfg.decoder_embed_dim})
+    d, base, task = build_setup(arch, vocab, teacher_dim)
     criteria = {"cif": CifCriterion(CifCriterionConfig(sentence_avg=False), task),
                 "cif_hkd": CifHkdCriterion(CifHkdCriterionConfig(sentence_avg=False), task)}
     batches = make_batches(4, batch_size, frames, tokens, vocab, d)
