@@ -96,14 +96,20 @@ def step_lprobs(model, c, prefix):
     return lp
 
 
-def all_hypotheses(model, c, L):
-    """Every hypothesis under the documented rules, with its float64 score (brute force)."""
+def all_hypotheses(model, c, L, eos_slack=0):
+    """Every hypothesis under the documented rules, with its float64 score (brute force): L steps,
+    </s> chosen only at step L - 1 (or L - 2 with eos_slack 1) and ending the hypothesis, </s>
+    appended after a last step that chose another token."""
     d = model.decoder.dictionary
     allowed = [i for i in range(len(d)) if i not in (d.bos(), d.pad())]
     out = {}
     for m in range(1, L + 1):
         for seq in itertools.product(allowed, repeat=m):
-            if d.eos() in seq[:-1] or (m < L and seq[-1] != d.eos()):
+            if d.eos() in seq[:-1]:
+                continue
+            if seq[-1] == d.eos() and m - 1 < L - 1 - eos_slack:  # </s> chosen too early
+                continue
+            if seq[-1] != d.eos() and m < L:  # open hypotheses run all L steps
                 continue
             prefix, score = [d.eos()], 0.0
             for tok in seq:
@@ -116,11 +122,13 @@ def all_hypotheses(model, c, L):
     return sorted(out.items(), key=lambda kv: -kv[1])
 
 
-def greedy_reference(model, c, L):
+def greedy_reference(model, c, L, eos_slack=0):
     d = model.decoder.dictionary
     prefix, scores = [d.eos()], []
-    for _ in range(L):
+    for i in range(L):
         lp = step_lprobs(model, c, prefix)
+        if i < L - 1 - eos_slack:
+            lp[d.eos()] = -math.inf
         tok = int(lp.argmax())
         prefix.append(tok)
         scores.append(float(lp[tok]))
@@ -132,19 +140,21 @@ def greedy_reference(model, c, L):
     return prefix[1:], scores
 
 
-def run(model, d, x, lengths, beam, nbest=1):
-    gen = CifGenerator([model], d, beam_size=beam, nbest=nbest)
+def run(model, d, x, lengths, beam, nbest=1, eos_slack=0):
+    gen = CifGenerator([model], d, beam_size=beam, nbest=nbest, eos_slack=eos_slack)
     return gen.generate([model], {"net_input": {"src_tokens": x, "src_lengths": lengths}})
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_matches_reference_loop(seed):
+@pytest.mark.parametrize("seed,eos_slack", [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)])
+def test_greedy_matches_reference_loop(seed, eos_slack):
     d = make_dict(8)
     model = MockModel(d, seed=seed)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 1.5  # </s> often the argmax: exercises the early-</s> rule
     x, lengths = make_batch([5, 0, 3, 7, 1], seed=seed)
-    hypos = run(model, d, x, lengths, beam=1)
+    hypos = run(model, d, x, lengths, beam=1, eos_slack=eos_slack)
     for b in range(len(lengths)):
-        ref_tokens, ref_scores = greedy_reference(model, x[b], int(lengths[b]))
+        ref_tokens, ref_scores = greedy_reference(model, x[b], int(lengths[b]), eos_slack)
         (h,) = hypos[b]
         assert h["tokens"].tolist() == ref_tokens
         assert h["tokens"][-1] == d.eos()
@@ -152,15 +162,17 @@ def test_greedy_matches_reference_loop(seed):
         assert h["score"] == pytest.approx(sum(ref_scores), abs=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_exhaustive_beam_equals_brute_force(seed):
+@pytest.mark.parametrize("seed,eos_slack", [(0, 0), (3, 0), (0, 1), (3, 1)])
+def test_exhaustive_beam_equals_brute_force(seed, eos_slack):
     d = make_dict(3)  # allowed tokens: </s>, <unk>, a, b, c
     model = MockModel(d, seed=seed)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 1.0
     x, lengths = make_batch([3, 1, 2, 0], seed=seed)
     nbest = 4
-    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest)
+    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest, eos_slack=eos_slack)
     for b in range(len(lengths)):
-        ref = all_hypotheses(model, x[b], int(lengths[b]))[:nbest]
+        ref = all_hypotheses(model, x[b], int(lengths[b]), eos_slack)[:nbest]
         got = [(tuple(h["tokens"].tolist()), h["score"]) for h in hypos[b]]
         assert [t for t, _ in got] == [t for t, _ in ref]
         for (_, s), (_, rs) in zip(got, ref):
@@ -196,6 +208,28 @@ def test_steps_equal_fire_count():
     assert [len(h[0]["tokens"]) for h in hypos] == [L + 1 if L else 1 for L in lengths]
 
 
+@pytest.mark.parametrize("beam,eos_slack", [(1, 0), (10, 0), (10, 1)])
+def test_eos_loving_decoder_runs_all_steps(beam, eos_slack):
+    """A decoder whose </s> probability is ~1 at every step: no hypothesis may end before its
+    fire count minus one (minus eos_slack). The old rule returned empty transcripts here."""
+    d = make_dict(7)
+    model = MockModel(d, seed=7)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 30.0
+    lengths = [6, 1, 9, 3, 0]
+    x, lengths_t = make_batch(lengths, seed=7)
+    hypos = run(model, d, x, lengths_t, beam=beam, nbest=min(beam, 3), eos_slack=eos_slack)
+    for L, utt in zip(lengths, hypos):
+        assert utt
+        for h in utt:
+            toks = h["tokens"].tolist()
+            assert toks[-1] == d.eos() and d.eos() not in toks[:-1]
+            assert len(toks) - 1 >= max(L - 1 - eos_slack, 0), (L, toks)
+            assert len(toks) - 1 <= L
+        # </s> is ~certain, so the best hypothesis chooses it as early as the rule allows
+        assert len(utt[0]["tokens"]) - 1 == max(L - 1 - eos_slack, 0)
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_beam_not_below_greedy(seed):
     d = make_dict(12)
@@ -224,17 +258,22 @@ def test_hypothesis_format():
             assert h["fires"].tolist() == list(range(int(lengths[b])))
 
 
-def test_nar_argmax():
+@pytest.mark.parametrize("eos_slack", [0, 1])
+def test_nar_argmax(eos_slack):
     d = make_dict(5)
     model = MockModel(d, seed=6, autoregressive=False)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 2.0
     x, lengths = make_batch([6, 3, 0], seed=6)
-    hypos = run(model, d, x, lengths, beam=5)
+    hypos = run(model, d, x, lengths, beam=5, eos_slack=eos_slack)
     for b in range(len(lengths)):
         L = int(lengths[b])
         eos_prefix = [d.eos()] * (L + 1)
         logits, _ = model.decoder(torch.tensor([eos_prefix[:L]], dtype=torch.long), x[b : b + 1, :L], None)
         lp = torch.log_softmax(logits[0], -1)
         lp[:, d.bos()] = lp[:, d.pad()] = -math.inf
+        for i in range(L - 1 - eos_slack):
+            lp[i, d.eos()] = -math.inf
         ref = lp.argmax(-1).tolist()
         ref = ref[: ref.index(d.eos()) + 1] if d.eos() in ref else ref + [d.eos()]
         (h,) = hypos[b]

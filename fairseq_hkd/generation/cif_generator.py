@@ -18,13 +18,18 @@ at steps < i. At every step the whole vocabulary competes except ``<s>`` (the CT
 ``<pad>``. In training the fire count equals the target length, so the last step is the one that
 predicts ``</s>``. At inference:
 
-* a hypothesis that picks ``</s>`` before step ``L_b - 1`` ends there (CIF fired too often); it
-  stays in the beam with a frozen score and cannot be extended;
+* ``</s>`` competes only at the last step ``L_b - 1`` (and, with ``eos_slack`` = 1, also at step
+  ``L_b - 2``, to absorb a spurious tail fire); before that it is forbidden, so every hypothesis
+  runs all its steps and holds at least ``L_b - 1 - eos_slack`` tokens before ``</s>``. (Letting
+  ``</s>`` end a hypothesis anywhere froze an early, short hypothesis with a score that no longer
+  paid for the remaining steps, and it beat every open one: empty transcripts at beam 10.)
 * a hypothesis still open after step ``L_b - 1`` gets ``</s>`` appended at no cost (CIF fired
   too few times: the last real token is kept instead of being overwritten by a forced ``</s>``).
 
+``eos_slack`` comes from the task option ``--cif-eos-slack`` (default 0).
+
 ``score`` is the sum of the natural-log probabilities of the tokens the decoder chose (no length
-normalisation: all open hypotheses of one utterance have the same number of steps);
+normalisation: the hypotheses of one utterance differ in length by at most ``eos_slack`` steps);
 ``positional_scores`` has one entry per returned token (0 for an appended ``</s>``).
 Beam search (beam 1 = greedy) keeps finished hypotheses inside the beam, so the search is a pure
 tensor program over the flattened ``[B * K]`` rows plus one Python loop over steps; utterances
@@ -35,8 +40,8 @@ apply: CIF fixes the number of steps. ``--print-alignment hard`` prints, per emi
 encoder frame whose weight completed it (``A-`` lines of ``frame-token`` pairs).
 
 The non-autoregressive decoder (``decoder.autoregressive == False``) is decoded with one argmax
-pass over all ``L_b`` positions, truncated by the same ``</s>`` rules (one hypothesis per
-utterance whatever ``--beam`` says).
+pass over all ``L_b`` positions under the same ``</s>`` rules (one hypothesis per utterance
+whatever ``--beam`` says).
 """
 from __future__ import annotations
 
@@ -85,18 +90,21 @@ class CifDecodeOutput:
     cif_lengths: Tensor
 
 
-def build_cif_generator(models, args, tgt_dict) -> "CifGenerator":
+def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] = None,
+                        eos_slack: int = 0) -> "CifGenerator":
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
     ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam`` and
-    ``nbest``. The CIF tail threshold is the model's (``cif_tail_threshold``).
+    ``nbest``. ``tail_threshold`` (None: the model's ``cif_tail_threshold``) and ``eos_slack``
+    come from the task options ``--cif-tail-threshold`` and ``--cif-eos-slack``.
     """
     beam = int(getattr(args, "beam", 1) or 1)
     nbest = int(getattr(args, "nbest", 1) or 1)
     print_alignment = getattr(args, "print_alignment", None)
     if print_alignment not in (None, "hard"):
         raise NotImplementedError(f"--print-alignment {print_alignment}: CIF decoding gives hard alignments only")
-    return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard")
+    return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard",
+                        tail_threshold=tail_threshold, eos_slack=eos_slack)
 
 
 class CifGenerator:
@@ -110,9 +118,11 @@ class CifGenerator:
         nbest: int = 1,
         tail_threshold: Optional[float] = None,
         hard_alignment: bool = False,
+        eos_slack: int = 0,
     ):
         """models: a one-model list; tail_threshold: None = the model's configured value;
-        hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs."""
+        hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs; eos_slack:
+        ``</s>`` may end a hypothesis at the last step or up to this many steps before it (0 or 1)."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
@@ -121,6 +131,8 @@ class CifGenerator:
             )
         if beam_size < 1 or nbest < 1:
             raise ValueError(f"beam ({beam_size}) and nbest ({nbest}) must be >= 1")
+        if eos_slack not in (0, 1):
+            raise ValueError(f"--cif-eos-slack must be 0 or 1, got {eos_slack}")
         if nbest > beam_size:
             raise ValueError(f"--nbest {nbest} cannot exceed --beam {beam_size}")
         self.model = models[0]
@@ -129,6 +141,7 @@ class CifGenerator:
         self.nbest = nbest
         self.tail_threshold = tail_threshold
         self.hard_alignment = hard_alignment
+        self.eos_slack = eos_slack
         self.eos = tgt_dict.eos()
         self.pad = tgt_dict.pad()
         self.bos = tgt_dict.bos()
@@ -242,6 +255,8 @@ class CifGenerator:
                 incremental_state=incremental_state,
             )
             lprobs = self._lprobs(logits[:, -1, :])
+            early = row_len - 1 - self.eos_slack > step  # </s> not allowed yet
+            lprobs[:, self.eos] = torch.where(early, float("-inf"), lprobs[:, self.eos])
             lprobs = torch.where(finished[:, None], stay[None, :], lprobs)
 
             # 3. Best K continuations of each utterance among its K * V candidates.
@@ -317,6 +332,8 @@ class CifGenerator:
         lprobs = F.log_softmax(logits.float(), dim=-1)
         lprobs[..., self.bos] = float("-inf")
         lprobs[..., self.pad] = float("-inf")
+        early = torch.arange(max_len, device=device)[None, :] < (lengths - 1 - self.eos_slack)[:, None]
+        lprobs[..., self.eos] = lprobs[..., self.eos].masked_fill(early, float("-inf"))
         best, tok = lprobs.max(dim=-1)  # [B, N]
         tok = tok.masked_fill(pad_mask, self.pad)
         # Cut after the first </s>; append </s> where none was predicted.
