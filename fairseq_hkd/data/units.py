@@ -2,8 +2,17 @@
 
 One ``Units`` object per task. ``encode(text) -> list[str]`` gives the symbols that index
 ``dict.txt``; ``decode(symbols) -> str`` turns them back into words (what fairseq-generate prints and
-WER scores). ``fingerprint()`` identifies the inventory so a teacher store built with other units is
-caught (see docs/DESIGN.md, "Teacher store hook").
+WER scores); ``normalise(text)`` is the text as the units see it (what references are scored as:
+``decode(encode(t)) == normalise(t)``, for WordPiece within the rules of data/wordpiece_join.py).
+``fingerprint()`` identifies the inventory so a teacher store built with other units is caught
+(see docs/DESIGN.md, "Teacher store hook").
+
+Unknown units decode to one character each, so CER/WER count them once: the dictionary's ``<unk>``
+(a hypothesis) -> ``⁇`` (U+2047, sentencepiece's), fairseq's escaped ``<<unk>>`` (a reference
+unit not in dict.txt; fairseq-generate's T- line) -> ``\ufffd`` (U+FFFD). They differ on purpose, as
+fairseq's escaping intends: an unknown hypothesis unit never matches an unknown reference unit,
+so fairseq-generate scores as if the reference held its real character (as
+``fairseq-hkd-transcribe --manifest`` does, which scores against the normalised manifest text).
 
 - ``char``: every character is a unit; a space is written ``|`` (English). Chinese has no spaces.
 - ``wordpiece``: the tokens of a local PLM tokenizer (``transformers.AutoTokenizer`` with
@@ -18,9 +27,13 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_hkd.data.wordpiece_join import join_wordpieces
+
 UNIT_TYPES = ("char", "wordpiece", "spm")
 WORD_SEP = "|"  # char units: the symbol that stands for a space
 SPM_WORD_START = "\u2581"  # ▁
+HYP_UNK, REF_UNK = "\u2047", "\ufffd"  # ⁇ for <unk>, � for fairseq's escaped <<unk>>
+_UNK_TEXT = {"<unk>": HYP_UNK, "<<unk>>": REF_UNK}
 
 # Files that identify a tokenizer (hashed into the fingerprint when present).
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "spiece.model", "sentencepiece.bpe.model")
@@ -95,14 +108,28 @@ class Units:
             text = text.lower()
         return list(self._sp.encode(text, out_type=str))
 
+    def normalise(self, text: str) -> str:
+        """Text as the units see it: single spaces; ``char``/``spm`` lower-cased with ``lowercase``;
+        ``wordpiece``: the tokenizer's own normaliser (BERT uncased: lower case, accents stripped,
+        control characters dropped, spaces around CJK characters)."""
+        if self.unit == "wordpiece":
+            norm = getattr(getattr(self._tokenizer, "backend_tokenizer", None), "normalizer", None)
+            if norm is not None:
+                text = norm.normalize_str(text)
+            elif getattr(self._tokenizer, "do_lower_case", False):
+                text = text.lower()
+        elif self.lowercase:
+            text = text.lower()
+        return " ".join(text.split())
+
     def decode(self, symbols: Sequence[str]) -> str:
-        """Unit symbols -> words (single spaces, no leading/trailing space)."""
+        """Unit symbols -> words (single spaces, no leading/trailing space); ``<unk>`` -> ``⁇``,
+        ``<<unk>>`` -> ``\ufffd`` (one character each; a separate word for WordPiece)."""
+        symbols = [_UNK_TEXT.get(s, s) for s in symbols]
         if self.unit == "char":
             text = "".join(" " if s == WORD_SEP else s for s in symbols)
         elif self.unit == "wordpiece":
-            text = ""
-            for s in symbols:
-                text += s[2:] if s.startswith("##") else " " + s
+            text = join_wordpieces(symbols)
         else:
             text = "".join(symbols).replace(SPM_WORD_START, " ")
         return " ".join(text.split())
