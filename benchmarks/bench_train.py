@@ -18,6 +18,14 @@ of ``--steps`` steps after ``--warmup`` steps; the two criteria alternate step b
 changes on a shared machine hit both alike.
 
 Batch construction, the teacher store and the step come from benchmarks/bench_hkd.py (same inputs).
+
+``--compare BEFORE AFTER`` instead times two training set-ups on the same batches, step by step
+in turn, and prints updates/s of each and their ratio. A set-up is ``ARCH[:OPTION=VALUE,...]``
+with options ``dropout=torch|packed`` and ``bf16=no|yes|auto`` (CPU autocast, as the task's
+``--autocast-bf16``)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train.py --preset demo \
+        --compare cif_tiny:dropout=torch,bf16=no cif_tiny_80ms:dropout=packed,bf16=auto
 """
 import argparse
 import copy
@@ -40,7 +48,9 @@ from fairseq_hkd.criterions.cif import CifCriterion, CifCriterionConfig  # noqa:
 from fairseq_hkd.criterions.cif_hkd import CifHkdCriterion, CifHkdCriterionConfig  # noqa: E402
 
 # arch: (batch size, longest utterance in frames, its target tokens, vocabulary, teacher dim)
-PRESETS = {"cif_tiny": (16, 300, 30, 30, 384), "cif_conformer_paper": (8, 450, 15, 4234, 768)}
+PRESETS = {"cif_tiny": (16, 300, 30, 30, 384), "cif_conformer_paper": (8, 450, 15, 4234, 768),
+           # the synthesized demo's batches: <= 5,000 padded frames of ~3 s utterances, WordPiece units
+           "demo": (16, 300, 13, 700, 384)}
 
 
 def train_step(model, criterion, optimizer, sample, device, clip_norm=1.0):
@@ -83,6 +93,53 @@ def measure(arch, batch_size, frames, tokens, vocab, teacher_dim, steps, warmup,
     return times, mean, sum(p.numel() for p in base.parameters())
 
 
+def parse_setup(spec: str):
+    """'ARCH:dropout=packed,bf16=auto' -> (arch, dropout impl, use bf16 autocast)."""
+    from fairseq_hkd.compat import cpu_has_native_bf16
+
+    arch, _, opts = spec.partition(":")
+    kv = dict(o.split("=", 1) for o in opts.split(",") if o)
+    unknown = set(kv) - {"dropout", "bf16"}
+    if unknown:
+        raise SystemExit(f"--compare {spec}: unknown option(s) {sorted(unknown)} (dropout=..., bf16=...)")
+    bf16 = kv.get("bf16", "no")
+    use_bf16 = bf16 == "yes" or (bf16 == "auto" and cpu_has_native_bf16())
+    return arch, kv.get("dropout", "torch"), use_bf16
+
+
+def compare(specs, preset, steps, warmup):
+    """Two set-ups on the same batches, steps interleaved; -> {spec: [seconds per step]}."""
+    import contextlib
+
+    from fairseq_hkd.models.dropout import use_packed_dropout
+
+    B, T, S, V, D = PRESETS[preset]
+    runs, batches = {}, None
+    for spec in specs:
+        arch, dropout, bf16 = parse_setup(spec)
+        d, model, task = build_setup(arch, V, D)
+        if dropout == "packed":
+            use_packed_dropout(model)
+        crit = CifCriterion(CifCriterionConfig(sentence_avg=False), task)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        runs[spec] = (model.train(), crit, opt, ctx, bf16)
+        batches = batches or make_batches(4, B, T, S, V, d)
+    times = {spec: [] for spec in specs}
+    for i in range(warmup + steps):
+        for spec, (model, crit, opt, ctx, _) in runs.items():
+            t0 = time.perf_counter()
+            with ctx():  # the forward under autocast; backward and step follow its dtypes
+                opt.zero_grad(set_to_none=True)
+                loss, _, _ = crit(model, batches[i % len(batches)])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            if i >= warmup:
+                times[spec].append(time.perf_counter() - t0)
+    return times, {spec: r[4] for spec, r in runs.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", nargs="+", default=list(PRESETS), help="architectures")
@@ -93,8 +150,23 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
+                   help="time two set-ups ARCH[:dropout=torch|packed,bf16=no|yes|auto] on the same batches")
+    p.add_argument("--preset", default="demo", choices=list(PRESETS), help="batch shapes for --compare")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.compare:
+        times, bf16 = compare(a.compare, a.preset, a.steps, a.warmup)
+        B, T, S, V, D = PRESETS[a.preset]
+        print(f"--preset {a.preset}: B={B}, T<={T}, ~{S} tokens, V={V}; {a.threads} thread(s); "
+              f"median of {a.steps} interleaved steps after {a.warmup} warm-up")
+        med = {spec: statistics.median(ts) for spec, ts in times.items()}
+        for spec in a.compare:
+            print(f"  {spec:55s} {1e3 * med[spec]:8.1f} ms/step {1 / med[spec]:6.2f} updates/s (bf16 {bf16[spec]})")
+        before, after = a.compare
+        paired = statistics.median(b / n for b, n in zip(times[before], times[after]))
+        print(f"speed-up AFTER / BEFORE: {med[before] / med[after]:.2f}x (median of paired step ratios {paired:.2f}x)")
+        return
     where = (torch.cuda.get_device_name() if a.device.startswith("cuda")
              else f"{platform.processor() or platform.machine()}, {a.threads} thread(s) of {os.cpu_count()} cores")
     print(f"training throughput on {a.device} ({where}), torch {torch.__version__}, "

@@ -128,3 +128,21 @@ def _install_full_help() -> None:
 
 
 _install_full_help()
+
+
+# 4. Does this CPU compute bf16 natively? -----------------------------------------------------------
+# Reason: bf16 autocast on CPU pays only where oneDNN has native bf16 kernels (AVX512-BF16 or AMX);
+# elsewhere it emulates them and is slower than float32. torch exposes the check privately
+# (torch.cpu._is_avx512_bf16_supported / _is_amx_tile_supported, torch >= 2.1); older versions, and
+# other platforms, fall back to the kernel's CPU flags.
+def cpu_has_native_bf16() -> bool:
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [c for c in checks if c is not None]
+    if checks:
+        return any(bool(c()) for c in checks)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -31,6 +31,7 @@ Usage::
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+import torch
 import torch.nn as nn
 from fairseq import metrics
 from fairseq.criterions import register_criterion
@@ -99,6 +100,13 @@ class CifHkdCriterion(CifCriterion):
         if embeddings.size(1) != target.size(1):
             raise ValueError(f"CIF gave {embeddings.size(1)} positions for targets of {target.size(1)}: "
                              f"distillation pairs position i with teacher state i and needs them equal")
+        with torch.autocast(teacher.device.type, enabled=False):  # projections and losses in float32
+            self._distillation_terms(net_output, target, teacher, terms, stats)
+        return terms, net_output, stats
+
+    def _distillation_terms(self, net_output, target, teacher, terms, stats) -> None:
+        """Adds "acd" / "lrd" to ``terms`` (and ACD accuracy counts to ``stats``)."""
+        embeddings = net_output["cif"].embeddings.float()
         keep = target.ne(self.padding_idx)                             # [B, S]
         e = teacher[keep]                                              # [N, D]
         if self.acd_proj is not None:
@@ -109,9 +117,8 @@ class CifHkdCriterion(CifCriterion):
             terms["acd"], correct = losses.acd_loss(self.acd_proj(c), e, negatives, self.cfg.acd_temperature, tokens)
             stats["acd_correct"], stats["acd_total"] = int(correct), int(e.size(0))
         if self.lrd_proj is not None:
-            s = net_output["decoder_states"][keep]                     # [N, C']
+            s = net_output["decoder_states"][keep].float()             # [N, C']
             terms["lrd"] = losses.lrd_loss(self.lrd_proj(s), e, self.cfg.lrd_reduction)
-        return terms, net_output, stats
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: List[Dict[str, object]]) -> None:

@@ -90,6 +90,12 @@ class CifMiddleware(nn.Module):
         Returns:
             alpha [B, T] raw weights (float32, before scaling), CifOutput (embeddings [B, N, C]...).
         """
+        # Under autocast (bf16 training on CPU) the integration still runs in float32: fire
+        # placement and the integrated states must not depend on the compute dtype.
+        with torch.autocast(h.device.type, enabled=False):
+            return self._forward_fp32(h.float(), padding_mask, target_lengths, tail_threshold)
+
+    def _forward_fp32(self, h, padding_mask, target_lengths, tail_threshold):
         alpha = self.predict_alpha(h, padding_mask)
         if not bool(torch.isfinite(alpha).all()):  # NaN weights would make the op's fire plan meaningless
             raise FloatingPointError(

@@ -27,7 +27,8 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
-from fairseq_hkd.data.features import CMVN_TYPES, FeatureStore, build_cmvn
+from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
+from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment_batch
 from fairseq_hkd.data.units import UNIT_TYPES, Units, UnitsDecoder
