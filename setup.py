@@ -9,10 +9,10 @@ setup(
     install_requires=[],  # installed in a fixed order by scripts/setup.sh; see requirements.txt
     entry_points={
         "console_scripts": [
-            "fairseq-hkd-cmvn = fairseq_hkd.data.features:cmvn_cli_main",
-            "fairseq-hkd-feature-store = fairseq_hkd.data.features:store_cli_main",
+            "fairseq-hkd-cmvn = fairseq_hkd.data.cli_features:cmvn_cli_main",
+            "fairseq-hkd-feature-store = fairseq_hkd.data.cli_features:store_cli_main",
             "fairseq-hkd-build-dict = fairseq_hkd.teacher.build_dict:cli_main",
-            "fairseq-hkd-extract-teacher = fairseq_hkd.teacher.extract:cli_main",
+            "fairseq-hkd-extract-teacher = fairseq_hkd.teacher.cli_extract:cli_main",
             "fairseq-hkd-transcribe = fairseq_hkd.generation.transcribe:cli_main",
             "fairseq-hkd-plot = fairseq_hkd.generation.plot:cli_main",
             "fairseq-hkd-average-checkpoints = fairseq_hkd.generation.average:cli_main",

@@ -7,9 +7,10 @@ import pytest
 import soundfile as sf
 
 from fairseq_hkd.data.audio import read_audio
-from fairseq_hkd.data.features import (
-    CmvnAccumulator, FeatureStore, GlobalCmvn, cmvn_cli_main, fbank, num_frames, store_cli_main, utterance_cmvn,
-)
+from fairseq_hkd.data.cli_features import cmvn_cli_main, store_cli_main
+from fairseq_hkd.data.cmvn import CmvnAccumulator, GlobalCmvn, utterance_cmvn
+from fairseq_hkd.data.fbank import fbank, num_frames
+from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
 
 SR = 16000

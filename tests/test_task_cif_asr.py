@@ -10,7 +10,9 @@ import torch
 
 from corpus import setup_task
 from fairseq_hkd.data.audio import read_audio
-from fairseq_hkd.data.features import fbank, store_cli_main, utterance_cmvn
+from fairseq_hkd.data.cli_features import store_cli_main
+from fairseq_hkd.data.cmvn import utterance_cmvn
+from fairseq_hkd.data.fbank import fbank
 from fairseq_hkd.data.manifest import read_manifest
 
 TASK_OPTIONS = ["--unit", "--tokenizer-dir", "--spm-model", "--max-unk-ratio", "--strict-sample-rate", "--cmvn",
@@ -173,7 +175,7 @@ def test_specaugment_only_in_train_step(tiny_corpus):
 
 
 def test_feature_store_and_global_cmvn_options(data):
-    from fairseq_hkd.data.features import cmvn_cli_main
+    from fairseq_hkd.data.cli_features import cmvn_cli_main
 
     store_cli_main([str(data), "--splits", "valid", "--dtype", "float32"])
     cmvn_cli_main([str(data), "--split", "train"])

@@ -7,7 +7,8 @@ import torch
 from fairseq_hkd.data.units import Units
 from fairseq_hkd.teacher.align import align_states, pool_matrix, unit_char_spans
 from fairseq_hkd.teacher.build_dict import build_dict
-from fairseq_hkd.teacher.extract import cli_main as extract_cli, extract_teacher
+from fairseq_hkd.teacher.cli_extract import cli_main as extract_cli
+from fairseq_hkd.teacher.extract import extract_teacher
 from fairseq_hkd.teacher.store import open_teacher_store
 from teacher_fixtures import make_tiny_plm, tiny_vocab, write_text_manifest
 

@@ -11,7 +11,8 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from fairseq_hkd.compat import batch_by_size_keep_remainder
 from fairseq_hkd.data.audio import read_audio
-from fairseq_hkd.data.features import FeatureStore, fbank, num_frames
+from fairseq_hkd.data.fbank import fbank, num_frames
+from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import ManifestEntry, ManifestError
 from fairseq_hkd.data.units import Units
 
