@@ -28,9 +28,15 @@ predicts ``</s>``. At inference:
 
 ``eos_slack`` comes from the task option ``--cif-eos-slack`` (default 0).
 
+Language-model shallow fusion (``--lm-path LM.pt --lm-weight W``): every chosen token also scores
+``W * log p_LM(token | prefix)``, ``</s>`` included, and an appended ``</s>`` pays
+``W * log p_LM(</s> | hypothesis)``; the rule, the loading and the dictionary check are in
+``lm_fusion.py``. W = 0 runs the plain search.
+
 ``score`` is the sum of the natural-log probabilities of the tokens the decoder chose (no length
 normalisation: the hypotheses of one utterance differ in length by at most ``eos_slack`` steps);
-``positional_scores`` has one entry per returned token (0 for an appended ``</s>``).
+``positional_scores`` has one entry per returned token (0 for an appended ``</s>``). With an LM
+both hold the fused values (below).
 Beam search (beam 1 = greedy) keeps finished hypotheses inside the beam, so the search is a pure
 tensor program over the flattened ``[B * K]`` rows plus one Python loop over steps; utterances
 whose beams have all finished leave the batch (their incremental state is dropped).
@@ -91,20 +97,40 @@ class CifDecodeOutput:
 
 
 def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] = None,
-                        eos_slack: int = 0) -> "CifGenerator":
+                        eos_slack: int = 0, lm_model=None, dict_path: Optional[str] = None) -> "CifGenerator":
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
-    ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam`` and
-    ``nbest``. ``tail_threshold`` (None: the model's ``cif_tail_threshold``) and ``eos_slack``
-    come from the task options ``--cif-tail-threshold`` and ``--cif-eos-slack``.
+    ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam``, ``nbest``,
+    ``print_alignment``, ``lm_path`` and ``lm_weight``. ``tail_threshold`` (None: the model's
+    ``cif_tail_threshold``) and ``eos_slack`` come from the task options ``--cif-tail-threshold``
+    and ``--cif-eos-slack``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
+    ``extra_gen_cls_kwargs["lm_model"]``); None with ``lm_path`` set: loaded here
+    (``lm_fusion.load_lm``). ``dict_path``: the ASR dict.txt (named in dictionary errors).
     """
     beam = int(getattr(args, "beam", 1) or 1)
     nbest = int(getattr(args, "nbest", 1) or 1)
     print_alignment = getattr(args, "print_alignment", None)
     if print_alignment not in (None, "hard"):
         raise NotImplementedError(f"--print-alignment {print_alignment}: CIF decoding gives hard alignments only")
+    lm_path = getattr(args, "lm_path", None)
+    lm_weight = float(getattr(args, "lm_weight", 0.0) or 0.0)
+    if lm_path and lm_model is None:
+        from fairseq_hkd.generation.lm_fusion import load_lm
+
+        if dict_path is None:
+            raise ValueError("build_cif_generator: --lm-path needs dict_path (the ASR dict.txt)")
+        device = next(models[0].parameters()).device
+        lm_model = load_lm(lm_path, dict_path, tgt_dict, device=device)
+    if lm_model is not None:
+        from fairseq_hkd.generation.lm_fusion import check_lm_model
+
+        check_lm_model(lm_model, tgt_dict, lm_path, dict_path)
+        if lm_weight == 0.0:
+            logger.warning("--lm-path %s with --lm-weight 0: the language model is not used", lm_path)
+        else:
+            logger.info("shallow fusion with %s, weight %g", lm_path or "a language model", lm_weight)
     return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard",
-                        tail_threshold=tail_threshold, eos_slack=eos_slack)
+                        tail_threshold=tail_threshold, eos_slack=eos_slack, lm_model=lm_model, lm_weight=lm_weight)
 
 
 class CifGenerator:
@@ -119,10 +145,14 @@ class CifGenerator:
         tail_threshold: Optional[float] = None,
         hard_alignment: bool = False,
         eos_slack: int = 0,
+        lm_model=None,
+        lm_weight: float = 0.0,
     ):
         """models: a one-model list; tail_threshold: None = the model's configured value;
         hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs; eos_slack:
-        ``</s>`` may end a hypothesis at the last step or up to this many steps before it (0 or 1)."""
+        ``</s>`` may end a hypothesis at the last step or up to this many steps before it (0 or 1);
+        lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py;
+        weight 0 or no model: none)."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
@@ -151,6 +181,17 @@ class CifGenerator:
         self.autoregressive = bool(getattr(self.model.decoder, "autoregressive", True))
         if not self.autoregressive and beam_size > 1:
             logger.info("non-autoregressive decoder: argmax decoding, --beam %d ignored", beam_size)
+        self.lm = None
+        if lm_model is not None:
+            from fairseq_hkd.generation.lm_fusion import LmScorer
+
+            lm = LmScorer(lm_model, lm_weight, self.eos, self.pad, self.vocab_size)  # checks the weight
+            if lm_weight == 0.0:
+                pass
+            elif not self.autoregressive:
+                logger.warning("non-autoregressive decoder: argmax decoding, the language model is not used")
+            else:
+                self.lm = lm
 
     # ------------------------------------------------------------------ fairseq interface
     @torch.no_grad()
@@ -228,6 +269,15 @@ class CifGenerator:
         finished = row_len == 0
         tokens[finished, 1] = self.eos  # no fires: the hypothesis is just </s>
         incremental_state: Dict[str, Dict[str, Optional[Tensor]]] = {}
+        lm = self.lm
+        if lm is not None:
+            # The LM runs one step ahead of the decoder: lm_lprobs [rows, V] always holds the LM's
+            # next-token log-probs after each row's tokens so far, so an appended </s> can be scored
+            # as soon as it is appended.
+            lm.reset()
+            lm_lprobs = lm.step(tokens[:, :1])
+            lm_eos = torch.where(finished, lm.weight * lm_lprobs[:, self.eos], 0.0)  # no fires: W log p_LM(</s>)
+            scores, pos[:, 0] = scores + lm_eos, lm_eos
         # Candidate row of a finished hypothesis: only <pad> (stay as is), at no cost.
         stay = torch.full((V,), float("-inf"), device=device)
         stay[self.pad] = 0.0
@@ -245,6 +295,9 @@ class CifGenerator:
                 utt, row_len, emb, pad_mask = utt[keep_utt], row_len[keep], emb[keep], pad_mask[keep]
                 tokens, pos, scores, finished = tokens[keep], pos[keep], scores[keep], finished[keep]
                 self._reorder(decoder, incremental_state, keep)
+                if lm is not None:
+                    lm_lprobs = lm_lprobs[keep]
+                    lm.reorder(keep)
             n_active = utt.numel()
 
             # 2. One decoder step for every active row (conditioned on c_0 .. c_step).
@@ -255,6 +308,8 @@ class CifGenerator:
                 incremental_state=incremental_state,
             )
             lprobs = self._lprobs(logits[:, -1, :])
+            if lm is not None:
+                lprobs = lprobs + lm.weight * lm_lprobs  # shallow fusion (<s>, <pad> stay -inf)
             early = row_len - 1 - self.eos_slack > step  # </s> not allowed yet
             lprobs[:, self.eos] = torch.where(early, float("-inf"), lprobs[:, self.eos])
             lprobs = torch.where(finished[:, None], stay[None, :], lprobs)
@@ -273,6 +328,9 @@ class CifGenerator:
                 tokens, pos, finished = tokens[order], pos[order], finished[order]
                 self._reorder(decoder, incremental_state, order)
                 scores = scores[order]
+                if lm is not None:
+                    lm_lprobs = lm_lprobs[order]
+                    lm.reorder(order)
             pos[:, step] = torch.where(finished, pos.new_zeros(()), top_scores - scores)
             tokens[:, step + 1] = new_tok
             scores = top_scores
@@ -283,6 +341,14 @@ class CifGenerator:
             append = newly & (new_tok != self.eos)
             tokens[:, step + 2] = torch.where(append, self.eos, tokens[:, step + 2])
             finished = finished | newly
+
+            # 6. LM: next-token log-probs after the new tokens (needed by the next step, and now by
+            #    the rows that just got </s> appended: they pay W log p_LM(</s> | hypothesis)).
+            if lm is not None and (step + 1 < n_steps or bool(append.any())):
+                lm_lprobs = lm.step(tokens[:, : step + 2])
+                lm_eos = torch.where(append, lm.weight * lm_lprobs[:, self.eos], 0.0)
+                scores = scores + lm_eos
+                pos[:, step + 1] = torch.where(append, lm_eos, pos[:, step + 1])
 
         if utt.numel() > 0:
             done = torch.ones(utt.numel(), dtype=torch.bool, device=device)

@@ -98,6 +98,13 @@ class CifAsrConfig(FairseqDataclass):
     teacher_dir: Optional[str] = field(
         default=None, metadata={"help": "directory of {split}.teacher.* stores (default: DATA)"}
     )
+    # decoding ------------------------------------------------------------------------------------
+    cif_eos_slack: int = field(
+        default=0,
+        metadata={"help": "decoding: </s> may end a hypothesis only at its last CIF step (0) or also one step "
+                          "before it (1, absorbs a spurious tail fire). The CIF tail threshold is the model's: "
+                          "--model-overrides \"{'cif_tail_threshold': 0.4}\""},
+    )
     # from other config groups ---------------------------------------------------------------------
     train_subset: str = II("dataset.train_subset")
     seed: int = II("common.seed")
@@ -134,6 +141,9 @@ class CifAsrTask(FairseqTask):
         units = Units(cfg.unit, dict_path=dict_path, tokenizer_dir=cfg.tokenizer_dir, spm_model=cfg.spm_model,
                       lowercase=cfg.lowercase)
         logger.info(f"dictionary {dict_path}: {len(tgt_dict)} types; units {cfg.unit}")
+        from fairseq_hkd.generation.lm_fusion import install_lm_dictionary_check  # other component; lazily
+
+        install_lm_dictionary_check()  # fairseq-generate --lm-path: one-line error for an LM of other units
         return cls(cfg, tgt_dict, units)
 
     # dictionaries / sizes ------------------------------------------------------------------------
@@ -278,7 +288,9 @@ class CifAsrTask(FairseqTask):
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         from fairseq_hkd.generation.cif_generator import build_cif_generator  # other component; lazily
 
-        return build_cif_generator(models, args, self.tgt_dict)
+        lm_model = (extra_gen_cls_kwargs or {}).get("lm_model")  # fairseq-generate loaded --lm-path
+        return build_cif_generator(models, args, self.tgt_dict, eos_slack=self.cfg.cif_eos_slack,
+                                   lm_model=lm_model, dict_path=self.units.dict_path)
 
     def build_bpe(self, args):
         """The units decoder, so fairseq-generate prints (and scores) words, whatever --bpe says."""
