@@ -2,7 +2,7 @@
 import pytest
 
 from corpus import make_tiny_corpus
-from fairseq_hkd.data.units import Units, UnitsDecoder
+from fairseq_hkd.data.units import HYP_UNK, REF_UNK, Units, UnitsDecoder
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "play", "##ing", "##s", "dog", "a"]
 
@@ -25,6 +25,19 @@ def test_char_round_trip_with_word_separator():
     assert Units("char", lowercase=True).encode("The") == ["t", "h", "e"]
 
 
+def test_unknown_units_decode_to_one_character():
+    """<unk> (hypothesis) -> U+2047, fairseq's escaped <<unk>> (reference) -> U+FFFD, for every unit."""
+    assert (HYP_UNK, REF_UNK) == ("\u2047", "\ufffd")
+    u = Units("char")
+    assert u.decode(["你", "<unk>", "|", "<<unk>>", "好"]) == "你\u2047 \ufffd好"
+    assert UnitsDecoder(u).decode("你 好 <<unk>>") == "你好\ufffd"
+
+
+def test_char_normalise():
+    assert Units("char").normalise(" The\tCat  ") == "The Cat"
+    assert Units("char", lowercase=True).normalise(" The\tCat  ") == "the cat"
+
+
 def test_wordpiece_uses_local_tokenizer(wordpiece_dir):
     u = Units("wordpiece", tokenizer_dir=str(wordpiece_dir))
     syms = u.encode("Playing cats the dog")
@@ -43,6 +56,8 @@ def test_spm_round_trip(tmp_path):
     u = Units("spm", spm_model=str(data / "spm.model"))
     syms = u.encode("the cat sat on the mat")
     assert syms[0].startswith("\u2581") and u.decode(syms) == "the cat sat on the mat"
+    assert u.normalise(" the  \ufb01ne \uff23at ") == "the fine Cat"  # NFKC: the fi ligature, fullwidth C
+    assert u.decode(["\u2581the", "<unk>"]) == "the\u2047"
 
 
 def test_fingerprint_identifies_inventory(tmp_path, wordpiece_dir):

@@ -109,9 +109,10 @@ class Units:
         return list(self._sp.encode(text, out_type=str))
 
     def normalise(self, text: str) -> str:
-        """Text as the units see it: single spaces; ``char``/``spm`` lower-cased with ``lowercase``;
-        ``wordpiece``: the tokenizer's own normaliser (BERT uncased: lower case, accents stripped,
-        control characters dropped, spaces around CJK characters)."""
+        """Text as the units see it, single-spaced: ``char`` lower-cased with ``lowercase``; ``spm`` the
+        same, then the model's normaliser (NFKC by default); ``wordpiece`` the tokenizer's own
+        normaliser (BERT uncased: lower case, accents stripped, control characters dropped, spaces
+        around CJK characters)."""
         if self.unit == "wordpiece":
             norm = getattr(getattr(self._tokenizer, "backend_tokenizer", None), "normalizer", None)
             if norm is not None:
@@ -120,6 +121,8 @@ class Units:
                 text = text.lower()
         elif self.lowercase:
             text = text.lower()
+        if self.unit == "spm":
+            text = self._sp.normalize(text).replace(SPM_WORD_START, " ")
         return " ".join(text.split())
 
     def decode(self, symbols: Sequence[str]) -> str:

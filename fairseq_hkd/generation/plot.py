@@ -19,6 +19,7 @@ Python::
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -30,6 +31,17 @@ __all__ = ["plot_alignment", "encoder_frame_centres", "cli_main"]
 
 FRAME_SHIFT_S = FRAME_SHIFT_MS / 1000.0
 FRAME_CENTRE_OFFSET_S = FRAME_LENGTH_MS / 2000.0  # centre of fbank frame 0 (snip_edges)
+QUIET_LOGGERS = ("matplotlib", "PIL")  # hundreds of DEBUG lines (font scoring, PNG chunks) per plot
+
+
+def quiet_plot_loggers() -> None:
+    """Raise matplotlib's and PIL's loggers to WARNING unless a level was set for them: importing
+    fairseq's models sets the root logger to DEBUG (fairseq/models/wav2vec/wav2vec2_classification.py
+    calls ``logging.basicConfig(level=DEBUG)``)."""
+    for name in QUIET_LOGGERS:
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.WARNING)
 
 
 def encoder_frame_centres(frames, downsample: int, frame_shift_s: float = FRAME_SHIFT_S) -> np.ndarray:
@@ -62,6 +74,7 @@ def plot_alignment(
     Times are frame centres (as in ``fairseq-hkd-transcribe --timestamps``): a fire is drawn at
     the centre of the encoder frame that completed the token.
     """
+    quiet_plot_loggers()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,7 +11,11 @@ every emitted unit with its time in seconds, ``SYMBOL:TIME`` separated by spaces
 last colon). A unit's time is the centre of the encoder frame whose CIF weight completed it
 (encoder frame = model downsampling x 10 ms fbank shift; the first fbank frame is centred at
 12.5 ms), clipped to the audio's duration. IDs are the manifest ids, or the file names without
-extension. With a manifest the summary line also reports WER/CER against its transcripts.
+extension. With a manifest the summary line also reports WER/CER against its transcripts, normalised
+as the units normalise text (``Units.normalise``: for WordPiece the tokenizer's lower-casing and accent
+stripping), the references fairseq-generate scores (same WER on the same checkpoint and data; see
+data/units.py for unknown units and data/wordpiece_join.py for the few WordPiece spellings that differ).
+Only INFO lines of this package reach the console (matplotlib/PIL DEBUG chatter is silenced).
 
 The checkpoint's task config names its data directory (``dict.txt``, ``cmvn.npz`` for global CMVN,
 the tokenizer or sentencepiece model): pass ``--data DIR`` when it has moved.
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Recognizer", "Transcript", "AudioItem", "cli_main"]
 
+LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 CHUNK_BATCHES = 16  # files are read and length-sorted this many batches at a time
 
 
@@ -56,7 +61,8 @@ class Transcript:
     """One file's result.
 
     symbols: emitted unit symbols (without </s>); token_times: seconds per symbol (with
-    ``timestamps``); n_fires: CIF tokens (fires + tail), the number of decoder steps.
+    ``timestamps``); n_fires: CIF tokens (fires + tail), the number of decoder steps;
+    reference: the manifest transcript as scored (``Units.normalise``), None without one.
     """
 
     utt_id: str
@@ -191,8 +197,9 @@ class Recognizer:
             symbols = [self.tgt_dict[int(t)] for t in hyp["tokens"] if int(t) not in strip]
             duration = loaded[b][1]
             fires = hyp["fires"]
+            ref = None if item.reference is None else self.task.units.normalise(item.reference)
             t = Transcript(item.utt_id, item.audio, self.task.units.decode(symbols), symbols, float(hyp["score"]),
-                           duration, int(dec.cif_lengths[b]), reference=item.reference)
+                           duration, int(dec.cif_lengths[b]), reference=ref)
             if timestamps:
                 t.token_times = self.fire_times(fires[: len(symbols)], duration)
             if plot_dir is not None:
@@ -275,10 +282,25 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging() -> None:
+    """INFO to stderr in our format. Importing fairseq_hkd (fairseq's models) already ran
+    ``logging.basicConfig(level=DEBUG)``: root goes back to INFO, its plain stream handlers get our
+    format (other handlers, e.g. pytest's, are left alone), matplotlib/PIL are held at WARNING."""
+    from fairseq_hkd.generation.plot import quiet_plot_loggers
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for h in root.handlers:
+        if type(h) is logging.StreamHandler:
+            h.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.setLevel(logging.INFO)
+    quiet_plot_loggers()
+
+
 def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -> None:
     args = build_parser(require_plot).parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                        stream=sys.stderr)
+    setup_logging()
     items = read_inputs(args.audio, args.manifest)
     if not items:
         raise SystemExit("nothing to transcribe: give audio files and/or --manifest")
