@@ -204,7 +204,8 @@ def test_teacher_states_padded_into_sample(data):
     rng = np.random.default_rng(0)
     states = {e.id: rng.standard_normal((len(t), D)).astype(np.float32) for e, t in zip(ds.entries, ds.targets)}
     w = TeacherStoreWriter(str(data), "valid", [(u, len(s)) for u, s in states.items()], D,
-                           fingerprint={"units": task.units.fingerprint()})
+                           fingerprint={"units": task.units.fingerprint()},
+                           transcripts={e.id: e.tgt_text for e in ds.entries})
     for u, s in states.items():
         w.write(u, s)
     w.close()
@@ -224,6 +225,18 @@ def test_teacher_states_padded_into_sample(data):
     off = setup_task(data, "--load-teacher", "no")
     off.load_dataset("valid")
     assert "teacher_states" not in batches(off, "valid")[0]
+    # a transcript edited after extraction with the same characters (same S, same symbols): the load
+    # fails naming the manifest line, instead of training against the old sentence's states
+    manifest = data / "valid.tsv"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    row = lines[2].split("\t")
+    row[3] = row[3][::-1]
+    assert sorted(row[3]) == sorted(lines[2].split("\t")[3]) and row[3] != lines[2].split("\t")[3]
+    lines[2] = "\t".join(row)
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{manifest}:3: utterance '{row[0]}' of split 'valid': the transcript "
+                                         r".* rebuild the store: fairseq-hkd-extract-teacher --manifest "):
+        setup_task(data, "--load-teacher", "yes").load_dataset("valid")
 
 
 def test_targets_longer_than_the_encoder_output_filtered_for_training(data, caplog):
@@ -284,7 +297,8 @@ def test_items_are_writable_copies_of_the_memory_mapped_stores(data):
     task.load_dataset("valid")
     ds = task.dataset("valid")
     w = TeacherStoreWriter(str(data), "valid", [(e.id, len(t)) for e, t in zip(ds.entries, ds.targets)], 4,
-                           fingerprint={"units": task.units.fingerprint()})
+                           fingerprint={"units": task.units.fingerprint()},
+                           transcripts={e.id: e.tgt_text for e in ds.entries})
     for e, t in zip(ds.entries, ds.targets):
         w.write(e.id, np.ones((len(t), 4), np.float32))
     w.close()

@@ -163,6 +163,94 @@ def test_extract_cli_and_plm_fingerprint(plm, manifest, tmp_path, tmp_path_facto
         store2.check(["u0"], [7], None, expected_plm=teacher_identity(store.fingerprint))
 
 
+def _edit_manifest_text(path, line, old_word, new_word):
+    """Replace one word of the transcript on ``line`` (1-based file line, the header is line 1)."""
+    lines = open(path, encoding="utf-8").read().splitlines()
+    fields = lines[line - 1].split("\t")
+    assert old_word in fields[3].split()
+    fields[3] = " ".join(new_word if w == old_word else w for w in fields[3].split())
+    lines[line - 1] = "\t".join(fields)
+    open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
+
+
+def _check_against(store, manifest_path, units):
+    from fairseq_hkd.data.manifest import read_manifest
+
+    entries = read_manifest(manifest_path, check_audio_exists=False)
+    store.check([e.id for e in entries], [len(units.encode(e.tgt_text)) + 1 for e in entries], units.fingerprint(),
+                transcripts=[e.tgt_text for e in entries], locations=[e.where for e in entries])
+
+
+def test_edited_transcript_with_the_same_token_count_is_caught(plm, manifest, tmp_path):
+    """One word replaced by another single-WordPiece word after extraction: same S, same units, so only
+    the per-utterance transcript hash can tell; the error names the utterance, its manifest line and a
+    command that really rebuilds the store."""
+    import shlex
+
+    extract_teacher(manifest, plm, "wordpiece", dtype="float32", progress=False)
+    units = Units("wordpiece", tokenizer_dir=plm)
+    store = open_teacher_store(str(tmp_path), "train")
+    _check_against(store, manifest, units)  # unchanged manifest: fine
+    assert len(units.encode("the cat sat on the mat")) == len(units.encode("the dog sat on the mat")) == 6
+    _edit_manifest_text(manifest, 2, "cat", "dog")  # u0, file line 2
+    with pytest.raises(ValueError) as err:
+        _check_against(store, manifest, units)
+    msg = str(err.value)
+    assert msg.startswith(f"{manifest}:2: utterance 'u0' of split 'train': the transcript 'the dog sat on the mat' "
+                          f"is not the one its teacher states")
+    assert "\n" not in msg and "u1" not in msg
+    command = msg.split("rebuild the store: ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[0] == "fairseq-hkd-extract-teacher" and argv[argv.index("--manifest") + 1] == str(manifest)
+    assert argv[argv.index("--plm-dir") + 1] == plm and argv[argv.index("--dtype") + 1] == "float32"
+    extract_cli(argv[1:])  # the command the error gives rebuilds a store that fits the edited manifest
+    rebuilt = open_teacher_store(str(tmp_path), "train")
+    _check_against(rebuilt, manifest, units)
+    ref, _ = _direct_states(plm, "the dog sat on the mat")
+    np.testing.assert_allclose(rebuilt.get("u0"), ref[1:], atol=1e-5)
+    # two edited lines: the first is named, the other counted
+    _edit_manifest_text(manifest, 3, "hello", "world")
+    _edit_manifest_text(manifest, 5, "a", "the")
+    with pytest.raises(ValueError, match=r"train\.tsv:3: utterance 'u1' .*\(1 more utterances after it changed too\)"):
+        _check_against(rebuilt, manifest, units)
+
+
+def _as_format_1(tmp_path, split="train"):
+    """Rewrite a store as the code before per-utterance hashes wrote it (3 index columns, format 1,
+    no recorded extraction arguments)."""
+    import json
+
+    from fairseq_hkd.teacher.store import store_paths
+
+    paths = store_paths(str(tmp_path), split)
+    rows = [l.split("\t")[:3] for l in open(paths["index"], encoding="utf-8").read().splitlines()]
+    open(paths["index"], "w", encoding="utf-8").write("".join("\t".join(r) + "\n" for r in rows))
+    fp = json.load(open(paths["fingerprint"], encoding="utf-8"))
+    fp["format_version"] = 1
+    del fp["extract_args"]
+    json.dump(fp, open(paths["fingerprint"], "w", encoding="utf-8"))
+
+
+def test_store_without_transcript_hashes(plm, manifest, tmp_path):
+    """Format 1 stores are read; checked against transcripts they pass only when the manifest is the one
+    they were extracted from, otherwise the error names the store and how to rebuild it."""
+    extract_teacher(manifest, plm, "wordpiece", dtype="float32", progress=False)
+    _as_format_1(tmp_path)
+    units = Units("wordpiece", tokenizer_dir=plm)
+    store = open_teacher_store(str(tmp_path), "train")
+    assert store.format_version == 1 and not store.has_transcript_hashes and store.transcript_sha1("u0") is None
+    _check_against(store, manifest, units)  # the manifest it was extracted from: verified by the split hash
+    store.check(["u0"], [7], units.fingerprint())  # no transcripts given: no text comparison, as before
+    _edit_manifest_text(manifest, 2, "cat", "dog")
+    with pytest.raises(ValueError) as err:
+        _check_against(store, manifest, units)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'train.teacher.index.tsv'}: teacher store without per-utterance transcript "
+                          f"hashes (format 1")
+    assert f"rebuild the store: fairseq-hkd-extract-teacher --manifest {manifest} --plm-dir '<PLM dir of plm0>' " \
+           f"--unit wordpiece --out-dir {tmp_path} --layer -1 --dtype float32" in msg
+
+
 def test_extract_errors(plm, tmp_path, tmp_path_factory):
     long_text = " ".join(["cat"] * 60)
     m = write_text_manifest(tmp_path / "train.tsv", ["the cat", long_text])

@@ -98,7 +98,7 @@ def test_files_from_different_extractions(tmp_path):
     _write(tmp_path)
     p = store_paths(str(tmp_path), "train")
     with open(p["index"], "a") as f:
-        f.write("u4\t9\t2\n")
+        f.write("u4\t9\t2\t-\n")
     with pytest.raises(ValueError, match="different extractions"):
         open_teacher_store(str(tmp_path), "train")
     os.remove(p["index"])
@@ -112,8 +112,34 @@ def test_fingerprint_version(tmp_path):
     fp = json.load(open(p))
     fp["format_version"] = 99
     json.dump(fp, open(p, "w"))
-    with pytest.raises(ValueError, match="format version"):
+    with pytest.raises(ValueError, match="format version 99, this code reads 1, 2"):
         open_teacher_store(str(tmp_path), "train")
+
+
+def test_transcript_hashes_in_the_index(tmp_path):
+    """The index's 4th column is the SHA-1 of each transcript (checked with hashlib here); check() with
+    transcripts compares them, and names the utterance's manifest line."""
+    import hashlib
+
+    texts = {"u1": "你好吗", "u2": "a", "u3": "play the song"}
+    w = TeacherStoreWriter(str(tmp_path), "train", [("u1", 4), ("u2", 2), ("u3", 4)], 2, "float32", FP,
+                           transcripts=texts)
+    for u, n in (("u1", 4), ("u2", 2), ("u3", 4)):
+        w.write(u, np.zeros((n, 2)))
+    w.close()
+    rows = [l.split("\t") for l in open(store_paths(str(tmp_path), "train")["index"], encoding="utf-8").read().splitlines()]
+    assert rows == [[u, str(o), str(n), hashlib.sha1(texts[u].encode("utf-8")).hexdigest()[:16]]
+                    for u, o, n in (("u1", 0, 4), ("u2", 4, 2), ("u3", 6, 4))]
+    store = open_teacher_store(str(tmp_path), "train")
+    assert store.has_transcript_hashes and store.fingerprint["format_version"] == 2
+    store.check(["u3", "u1"], [4, 4], UNITS, transcripts=["play the song", "你好吗"])  # subset, any order
+    with pytest.raises(ValueError, match=r"^d/valid\.tsv:7: utterance 'u1' of split 'train': the transcript '你好嗎' "
+                                         r"is not the one .*; rebuild the store: fairseq-hkd-extract-teacher "
+                                         r"--manifest \S*d/valid\.tsv "):
+        store.check(["u3", "u1"], [4, 4], UNITS, transcripts=["play the song", "你好嗎"],
+                    locations=["d/valid.tsv:6", "d/valid.tsv:7"])
+    with pytest.raises(ValueError, match="no transcript given for 1 utterances, first 'b'"):
+        TeacherStoreWriter(str(tmp_path), "x", [("a", 1), ("b", 1)], 2, transcripts={"a": "x"})
 
 
 def test_writer_errors(tmp_path):

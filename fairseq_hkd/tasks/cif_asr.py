@@ -179,13 +179,13 @@ class CifAsrTask(FairseqTask):
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
         cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
-        teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets])
+        teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets], entries)
         self.datasets[split] = CifAsrDataset(
             split, entries, targets, self.tgt_dict, features, cmvn, teacher, shuffle=self.is_training_split(split),
         )
         logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
 
-    def _open_teacher(self, split: str, utt_ids, target_lengths):
+    def _open_teacher(self, split: str, utt_ids, target_lengths, entries=None):
         """The split's teacher store per --load-teacher (checked against the targets), or None."""
         if self.cfg.load_teacher == "no":
             return None
@@ -201,7 +201,9 @@ class CifAsrTask(FairseqTask):
                 )
             return None
         identity = getattr(teacher_store, "teacher_identity", lambda fp: None)(store.fingerprint)
-        store.check(utt_ids, target_lengths, self.units.fingerprint(), expected_plm=self._teacher_identity)
+        store.check(utt_ids, target_lengths, self.units.fingerprint(), expected_plm=self._teacher_identity,
+                    transcripts=[e.tgt_text for e in entries] if entries else None,
+                    locations=[e.where for e in entries] if entries else None)
         self._teacher_identity = self._teacher_identity or identity
         self._teacher_dim = store.dim
         return store

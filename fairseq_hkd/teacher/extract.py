@@ -99,10 +99,16 @@ def extract_teacher(
             raise ValueError(f"{e.where}: {err}") from None
 
     fp = plm_fingerprint(plm_dir, model, tokenizer)
-    fp.update(layer=layer, units=units.fingerprint(), transcripts_sha1=transcripts_sha1(entries),
-              split=split, manifest=os.path.basename(manifest))
+    absolute = {k: (os.path.abspath(v) if v is not None else None) for k, v in (
+        ("manifest", manifest), ("plm_dir", plm_dir), ("tokenizer_dir", tokenizer_dir), ("spm_model", spm_model),
+        ("dict_path", dict_path), ("out_dir", out_dir))}
+    fp.update(layer=layer, units=units.fingerprint(),
+              transcripts_sha1=transcripts_sha1((e.id, e.tgt_text) for e in entries),
+              split=split, manifest=os.path.basename(manifest),
+              extract_args=dict(absolute, unit=unit, lowercase=lowercase, layer=layer, dtype=dtype, split=split))
     dim = int(model.config.hidden_size)
-    writer = TeacherStoreWriter(out_dir, split, [(it.utt, it.num_units + 1) for it in items], dim, dtype, fp)
+    writer = TeacherStoreWriter(out_dir, split, [(it.utt, it.num_units + 1) for it in items], dim, dtype, fp,
+                                transcripts={e.id: e.tgt_text for e in entries})
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))  # length-sorted batches: little padding
     token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     plm_tokens = unmatched = 0

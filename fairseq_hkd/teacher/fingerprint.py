@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterable, Tuple
 
 from fairseq_hkd.data.units import _TOKENIZER_FILES, file_sha1
 
@@ -33,9 +33,14 @@ def plm_fingerprint(plm_dir: str, model, tokenizer) -> Dict[str, dict]:
     return {"plm": plm, "tokenizer": tok}
 
 
-def transcripts_sha1(entries) -> str:
-    """Hash of the (id, transcript) pairs in manifest order."""
+def transcripts_sha1(pairs: Iterable[Tuple[str, str]]) -> str:
+    """Hash of a split's (id, transcript) pairs in manifest order (the fingerprint's ``transcripts_sha1``)."""
     h = hashlib.sha1()
-    for e in entries:
-        h.update(f"{e.id}\t{e.tgt_text}\n".encode("utf-8"))
+    for utt, text in pairs:
+        h.update(f"{utt}\t{text}\n".encode("utf-8"))
     return h.hexdigest()[:12]
+
+
+def transcript_sha1(text: str) -> str:
+    """Hash of one transcript exactly as the manifest reader returns it (the store index's 4th column)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]

@@ -5,8 +5,9 @@ The teacher states are a fixed function of the transcript, so they are computed 
 next to the manifest (or under ``--teacher-dir``)::
 
     {split}.teacher.npy         float16 | float32 array [R, D], all utterances' rows concatenated
-    {split}.teacher.index.tsv   utt_id <TAB> first row <TAB> number of rows (S, incl. </s>)
-    {split}.teacher.json        fingerprint: PLM, tokenizer, layer, dtype, units, transcripts, sizes
+    {split}.teacher.index.tsv   utt_id <TAB> first row <TAB> number of rows (S, incl. </s>) <TAB> transcript hash
+    {split}.teacher.json        fingerprint: PLM, tokenizer, layer, dtype, units, transcripts, sizes,
+                                extraction arguments
 
 Utterance ``u`` owns rows ``[offset, offset + S)``; row ``j < S - 1`` is the teacher state of ASR
 unit ``j`` and row ``S - 1`` the PLM's [SEP] state, which pairs with ``</s>`` (see ``align.py``).
@@ -15,21 +16,34 @@ The writer fills ``*.tmp`` files and renames them when complete, fingerprint las
 interrupted extraction never leaves a store that opens. The reader checks the array size
 against the index (truncated or replaced files), and ``TeacherStore.check`` compares the store
 with the dataset it is used with: every utterance present, lengths equal to the target lengths,
-the same ASR unit inventory. Every error names the utterance or file and the fix.
+the same ASR unit inventory and, given the transcripts, the same text per utterance (the index holds
+the hash of the transcript each utterance's states were computed from: a corrected word with the same
+token count would otherwise train against the old sentence). Every error names the utterance or file
+and the fix; an utterance's error names its manifest line and the command that rebuilds the store.
+
+Format 1 stores (before per-utterance hashes) are still read. ``check`` with transcripts accepts one
+only when the fingerprint's split-level ``transcripts_sha1`` equals the hash of the given manifest
+(same ids, transcripts and order: nothing changed since extraction); otherwise it raises, since
+the changed utterances cannot be found without the hashes, with the command that rebuilds the store.
 """
 import json
 import logging
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+import shlex
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from fairseq_hkd.teacher.fingerprint import transcript_sha1, transcripts_sha1
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TeacherStore", "TeacherStoreWriter", "open_teacher_store", "store_paths"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the index's 4th column holds each utterance's transcript hash ("-": none given)
+READ_VERSIONS = (1, 2)  # 1: utt_id, first row, S (no transcript hashes)
 _EXTRACT_HINT = "re-run fairseq-hkd-extract-teacher for this split"
+_NO_HASH = "-"
 
 
 def store_paths(teacher_dir: str, split: str) -> Dict[str, str]:
@@ -62,12 +76,14 @@ class TeacherStore:
         self.split = split
         with open(self.paths["fingerprint"], encoding="utf-8") as f:
             self.fingerprint: dict = json.load(f)
-        if self.fingerprint.get("format_version") != FORMAT_VERSION:
+        self.format_version = self.fingerprint.get("format_version")
+        if self.format_version not in READ_VERSIONS:
             raise ValueError(
-                f"{self.paths['fingerprint']}: store format version "
-                f"{self.fingerprint.get('format_version')!r}, this code reads {FORMAT_VERSION}; {_EXTRACT_HINT}"
+                f"{self.paths['fingerprint']}: store format version {self.format_version!r}, this code reads "
+                f"{', '.join(map(str, READ_VERSIONS))}; {_EXTRACT_HINT}"
             )
         self._index: Dict[str, Tuple[int, int]] = {}
+        self._text_sha1: Dict[str, Optional[str]] = {}  # utt -> transcript hash (None: not recorded)
         self.utt_ids: List[str] = []
         self._read_index()
         self.array = self._open_array()
@@ -75,15 +91,17 @@ class TeacherStore:
 
     def _read_index(self) -> None:
         path = self.paths["index"]
+        columns = "utt_id<TAB>offset<TAB>length" + ("<TAB>transcript_sha1" if self.format_version >= 2 else "")
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 parts = line.rstrip("\n").split("\t")
-                if len(parts) != 3:
-                    raise ValueError(f"{path}:{lineno}: expected 'utt_id<TAB>offset<TAB>length', got {line!r}; {_EXTRACT_HINT}")
+                if len(parts) != columns.count("<TAB>") + 1:
+                    raise ValueError(f"{path}:{lineno}: expected '{columns}', got {line!r}; {_EXTRACT_HINT}")
                 utt, off, n = parts[0], int(parts[1]), int(parts[2])
                 if utt in self._index:
                     raise ValueError(f"{path}:{lineno}: duplicate utterance id {utt!r}; {_EXTRACT_HINT}")
                 self._index[utt] = (off, n)
+                self._text_sha1[utt] = parts[3] if len(parts) > 3 and parts[3] != _NO_HASH else None
                 self.utt_ids.append(utt)
 
     def _open_array(self) -> np.ndarray:
@@ -129,6 +147,20 @@ class TeacherStore:
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self._index
 
+    @property
+    def has_transcript_hashes(self) -> bool:
+        """Every utterance's transcript hash is recorded (format 2, written with transcripts)."""
+        return all(v is not None for v in self._text_sha1.values())
+
+    def transcript_sha1(self, utt_id: str) -> Optional[str]:
+        """Hash of the transcript ``utt_id``'s states were computed from (None when not recorded)."""
+        return self._text_sha1[utt_id]
+
+    def rebuild_command(self, manifest: Optional[str] = None) -> str:
+        """The ``fairseq-hkd-extract-teacher`` command that rebuilds this store (from ``manifest``,
+        default: the manifest it was extracted from); see :func:`rebuild_command`."""
+        return rebuild_command(self.fingerprint, os.path.dirname(self.paths["index"]) or ".", self.split, manifest)
+
     def length(self, utt_id: str) -> int:
         """S of ``utt_id`` (rows, incl. the </s> row)."""
         return self._index[utt_id][1]
@@ -147,13 +179,19 @@ class TeacherStore:
         target_lengths: Sequence[int],
         units_fingerprint: Optional[dict],
         expected_plm: Optional[dict] = None,
+        transcripts: Optional[Sequence[str]] = None,
+        locations: Optional[Sequence[str]] = None,
     ) -> None:
         """Raise ValueError unless this store fits the dataset it will be used with.
 
         utt_ids [N], target_lengths [N] (S incl. </s>), units_fingerprint: ``Units.fingerprint()``
         of the task (None skips that comparison). ``expected_plm``: the ``plm``/``tokenizer``/
         ``layer`` part of another split's fingerprint (e.g. train's when checking valid), so the
-        splits of one run share a teacher.
+        splits of one run share a teacher. ``transcripts`` [N]: the manifest's texts
+        (``ManifestEntry.tgt_text``), each compared with the hash of the text its states were
+        computed from (None skips that comparison; a store without hashes, see the module doc).
+        ``locations`` [N]: ``manifest:line`` of each utterance, named in the errors with the
+        command that rebuilds the store.
         """
         fp, where = self.fingerprint, self.paths["fingerprint"]
         # The dictionary hash is left out: teacher states depend on the unit symbols, not their ids
@@ -175,21 +213,77 @@ class TeacherStore:
                     f"{where}: the teacher store comes from another PLM/tokenizer/layer than the other "
                     f"splits ({diff}); extract every split with the same --plm-dir and --layer"
                 )
-        if len(utt_ids) != len(target_lengths):
-            raise ValueError(f"check(): {len(utt_ids)} utterance ids but {len(target_lengths)} lengths")
-        for utt, s in zip(utt_ids, target_lengths):
+        for name, seq in (("lengths", target_lengths), ("transcripts", transcripts), ("locations", locations)):
+            if seq is not None and len(seq) != len(utt_ids):
+                raise ValueError(f"check(): {len(utt_ids)} utterance ids but {len(seq)} {name}")
+        manifest = locations[0].rsplit(":", 1)[0] if locations else None
+        fix = f"rebuild the store: {self.rebuild_command(manifest)}" if locations else _EXTRACT_HINT
+        hashed = transcripts is not None and self.has_transcript_hashes
+        for i, (utt, s) in enumerate(zip(utt_ids, target_lengths)):
+            where = f"{locations[i]}: " if locations else ""
             entry = self._index.get(utt)
             if entry is None:
                 raise ValueError(
-                    f"utterance {utt!r} of split {self.split!r} has no teacher states in {self.paths['index']} "
-                    f"(store has {len(self)} utterances); {_EXTRACT_HINT} with the current manifest"
+                    f"{where}utterance {utt!r} of split {self.split!r} has no teacher states in "
+                    f"{self.paths['index']} (store has {len(self)} utterances); {fix}"
                 )
             if entry[1] != int(s):
                 raise ValueError(
-                    f"utterance {utt!r} of split {self.split!r}: teacher store has {entry[1]} states but the "
+                    f"{where}utterance {utt!r} of split {self.split!r}: teacher store has {entry[1]} states but the "
                     f"target has {int(s)} tokens (incl. </s>): the transcript, units or dictionary changed "
-                    f"since extraction; {_EXTRACT_HINT}"
+                    f"since extraction; {fix}"
                 )
+            if hashed and transcript_sha1(transcripts[i]) != self._text_sha1[utt]:
+                others = sum(transcript_sha1(t) != self._text_sha1.get(u) for u, t in zip(utt_ids[i + 1:], transcripts[i + 1:]))
+                more = f" ({others} more utterances after it changed too)" if others else ""
+                raise ValueError(
+                    f"{where}utterance {utt!r} of split {self.split!r}: the transcript {_short(transcripts[i])!r} is not the "
+                    f"one its teacher states in {self.paths['index']} were computed from (edited since "
+                    f"extraction){more}; {fix}"
+                )
+        if transcripts is not None and not hashed:
+            # No per-utterance hashes (format 1 store): only "nothing changed at all" can be verified.
+            recorded = self.fingerprint.get("transcripts_sha1")
+            if recorded is None or recorded != transcripts_sha1(zip(utt_ids, transcripts)):
+                raise ValueError(
+                    f"{self.paths['index']}: teacher store without per-utterance transcript hashes (format "
+                    f"{self.format_version}, or written without transcripts) and the manifest"
+                    f"{' ' + manifest if manifest else ''} no longer has the ids and transcripts it was extracted "
+                    f"from, so edited transcripts cannot be found; {fix}"
+                )
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def rebuild_command(fingerprint: dict, store_dir: str, split: str, manifest: Optional[str] = None) -> str:
+    """The ``fairseq-hkd-extract-teacher`` command line that rebuilds a store, from the extraction
+    arguments its fingerprint records (``extract_args``; stores written before they were recorded:
+    from the PLM name, units, layer and dtype, with ``--plm-dir`` left for the user to fill in).
+    ``manifest`` replaces the recorded manifest (the one the store is checked against)."""
+    args = dict(fingerprint.get("extract_args") or {})
+    if not args:
+        units = fingerprint.get("units") or {}
+        args = {"plm_dir": f"<PLM dir of {(fingerprint.get('plm') or {}).get('name', '?')}>",
+                "unit": units.get("unit"), "lowercase": units.get("lowercase") in (True, "True"),
+                "layer": fingerprint.get("layer"), "dtype": fingerprint.get("dtype"),
+                "manifest": os.path.join(store_dir, fingerprint.get("manifest") or f"{split}.tsv")}
+    if manifest is not None:
+        args["manifest"] = os.path.abspath(manifest)
+    args["out_dir"] = os.path.abspath(store_dir)
+    args["split"] = split
+    parts = ["fairseq-hkd-extract-teacher"]
+    for key in ("manifest", "plm_dir", "unit", "tokenizer_dir", "spm_model", "dict_path", "out_dir", "split",
+                "layer", "dtype"):
+        value = args.get(key)
+        if value is None or (key == "split" and os.path.splitext(os.path.basename(args["manifest"]))[0] == value):
+            continue
+        flag = "--dict" if key == "dict_path" else "--" + key.replace("_", "-")
+        parts += [flag, shlex.quote(str(value))]
+    if args.get("lowercase"):
+        parts.append("--lowercase")
+    return " ".join(parts)
 
 
 def teacher_identity(fingerprint: dict) -> dict:
@@ -216,9 +310,13 @@ class TeacherStoreWriter:
 
     Usage::
 
-        w = TeacherStoreWriter(dir, split, [(utt, S), ...], dim, dtype="float16", fingerprint={...})
+        w = TeacherStoreWriter(dir, split, [(utt, S), ...], dim, dtype="float16", fingerprint={...},
+                               transcripts={utt: text, ...})
         for utt, states in ...: w.write(utt, states)   # states [S, D], any order
         w.close()                                      # checks all written, renames *.tmp
+
+    ``transcripts``: the text each utterance's states are computed from (its hash goes into the
+    index); without them the store cannot be checked against edited transcripts (see the module doc).
     """
 
     def __init__(
@@ -229,6 +327,7 @@ class TeacherStoreWriter:
         dim: int,
         dtype: str = "float32",
         fingerprint: Optional[dict] = None,
+        transcripts: Optional[Mapping[str, str]] = None,
     ):
         if dtype not in ("float16", "float32"):
             raise ValueError(f"teacher store dtype must be float16 or float32, got {dtype!r}")
@@ -246,6 +345,12 @@ class TeacherStoreWriter:
             order.append(utt)
             rows += int(n)
         self.order, self.num_rows, self.dim, self.dtype = order, rows, int(dim), dtype
+        self.text_sha1 = {u: _NO_HASH for u in order}
+        if transcripts is not None:
+            missing = [u for u in order if u not in transcripts]
+            if missing:
+                raise ValueError(f"no transcript given for {len(missing)} utterances, first {missing[0]!r}")
+            self.text_sha1 = {u: transcript_sha1(transcripts[u]) for u in order}
         self.fingerprint = dict(fingerprint or {})
         self._written = np.zeros(len(order), dtype=bool)
         self._pos = {u: i for i, u in enumerate(order)}
@@ -275,7 +380,7 @@ class TeacherStoreWriter:
         with open(self.paths["index"] + ".tmp", "w", encoding="utf-8") as f:
             for utt in self.order:
                 off, n = self.offsets[utt]
-                f.write(f"{utt}\t{off}\t{n}\n")
+                f.write(f"{utt}\t{off}\t{n}\t{self.text_sha1[utt]}\n")
         fp = dict(self.fingerprint)
         fp.update(format_version=FORMAT_VERSION, dim=self.dim, dtype=self.dtype,
                   num_utterances=len(self.order), num_rows=self.num_rows)
