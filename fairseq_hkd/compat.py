@@ -7,6 +7,7 @@ import argparse
 import collections
 import functools
 import sys
+import types
 import typing
 from typing import List
 
@@ -146,3 +147,17 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# 5. numpy.compat for fairseq's language-model datasets ---------------------------------------------
+# Reason: numpy 2 removed numpy.compat, and fairseq 0.12 still reads np.compat.long in TokenBlockDataset
+# (fairseq-train --task language_modeling --sample-break-mode eos: the LM recipes examples/*/lm.sh, which
+# pass --user-dir fairseq_hkd for this) and in LanguagePairDataset. We put back that one alias (int).
+def _numpy_compat_long() -> None:
+    try:
+        np.compat.long  # noqa: B018
+    except AttributeError:
+        np.compat = types.SimpleNamespace(long=int)
+
+
+_numpy_compat_long()

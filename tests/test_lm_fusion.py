@@ -207,6 +207,18 @@ def test_negative_weight_rejected():
         CifGenerator([MockModel(d)], d, lm_model=MockLM(d), lm_weight=-0.5)
 
 
+def test_lm_training_samples_start_with_eos():
+    """fairseq-train --task language_modeling --sample-break-mode eos (lm.sh) trains p(w_i | </s> w_<i),
+    the context the search gives the LM; it needs compat's numpy.compat shim under numpy 2."""
+    import fairseq_hkd  # noqa: F401  (compat shims)
+    from fairseq.data import TokenBlockDataset
+
+    ds = [torch.tensor([5, 6, 2]), torch.tensor([7, 2])]
+    blocks = TokenBlockDataset(ds, [3, 2], block_size=None, pad=1, eos=2, break_mode="eos", include_targets=True)
+    source, target, _ = blocks[0]
+    assert source.tolist() == [2, 5, 6] and target.tolist() == [5, 6, 2]
+
+
 # ---------------------------------------------------------------------------------------------- real models
 def _save_checkpoint(cfg, model, path):
     from omegaconf import OmegaConf

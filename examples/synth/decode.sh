@@ -4,9 +4,12 @@
 # Usage:
 #   examples/synth/decode.sh --exp exp/synth/cif                    # checkpoint_best.pt, test + heldout
 #   examples/synth/decode.sh --exp exp/synth/hkd --beam 1 --subsets test
+#   examples/synth/decode.sh --exp exp/synth/cif --lm-path exp/synth/lm/checkpoint_best.pt --lm-weight 0.3
 #
 # Writes EXP/decode-SUBSET/generate-SUBSET.txt (S-/T-/H-/D- lines) and
 # EXP/wer-summary-SUBSET.txt (the WER fairseq-generate printed), and prints one line per subset.
+# With --lm-path (shallow fusion with an LM from lm.sh, weight --lm-weight) the names get -lmW:
+# EXP/decode-SUBSET-lmW/, EXP/wer-summary-SUBSET-lmW.txt.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth
@@ -17,6 +20,8 @@ exp=$REPO/exp/synth/cif
 checkpoint=checkpoint_best.pt
 subsets="test heldout"
 beam=5
+lm_path=""   # language model for shallow fusion (lm.sh); empty: none
+lm_weight=0.3
 plm=""
 
 . "$REPO/examples/common.sh"
@@ -25,14 +30,17 @@ parse_options "$@"  # --some-name VALUE sets some_name
 . "$HERE/conf/task.sh"
 device_args=()
 python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || device_args=(--cpu)
+lm_args=() tag=""
+[ -z "$lm_path" ] || { lm_args=(--lm-path "$lm_path" --lm-weight "$lm_weight"); tag=-lm$lm_weight; }
 
 for subset in $subsets; do
-  out=$exp/decode-$subset
+  out=$exp/decode-$subset$tag
   fairseq-generate "${task_args[@]}" "${device_args[@]}" --path "$exp/$checkpoint" --gen-subset "$subset" \
-    --beam "$beam" --max-tokens 20000 --scoring wer --results-path "$out" --load-teacher no > "$out.log" 2>&1 \
+    --beam "$beam" --max-tokens 20000 --scoring wer --results-path "$out" --load-teacher no "${lm_args[@]}" \
+    > "$out.log" 2>&1 \
     || { tail -n 20 "$out.log" >&2; echo "$0: fairseq-generate failed on $subset (log: $out.log)" >&2; exit 1; }
   wer=$(sed -n 's/.*: WER: \([0-9.]*\).*/\1/p' "$out/generate-$subset.txt" | tail -n 1)
   [ -n "$wer" ] || { echo "$0: no WER line in $out/generate-$subset.txt" >&2; exit 1; }
-  echo "$wer" > "$exp/wer-summary-$subset.txt"
-  echo "$exp $subset WER $wer"
+  echo "$wer" > "$exp/wer-summary-$subset$tag.txt"
+  echo "$exp $subset WER $wer${lm_path:+ (LM $lm_path, weight $lm_weight)}"
 done

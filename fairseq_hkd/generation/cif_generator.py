@@ -129,6 +129,8 @@ def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] 
             logger.warning("--lm-path %s with --lm-weight 0: the language model is not used", lm_path)
         else:
             logger.info("shallow fusion with %s, weight %g", lm_path or "a language model", lm_weight)
+    elif lm_weight != 0.0:
+        logger.warning("--lm-weight %g without --lm-path: no language model is used", lm_weight)
     return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard",
                         tail_threshold=tail_threshold, eos_slack=eos_slack, lm_model=lm_model, lm_weight=lm_weight)
 
