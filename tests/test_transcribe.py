@@ -3,6 +3,7 @@
 Reuses the session fixture ``trained_cif`` of tests/test_generate_e2e.py (one training run).
 """
 import os
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_cli_wav_timestamps_plot(trained_cif, venv_bin, tmp_path):
         w, h = png_size(plots / f"{utt_id}.png")
         assert w > 100 and h > 100 and (plots / f"{utt_id}.png").stat().st_size > 5000
     assert "real-time factor" in proc.stderr
+    # --plot: only INFO lines, in our format (fairseq's import left the root logger at DEBUG)
+    assert "DEBUG" not in proc.stderr and "matplotlib" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(r"\| INFO \| fairseq_hkd\.generation\.transcribe \| transcribed 2 files", proc.stderr)
 
 
 def test_python_api_matches_fairseq_generate(trained_cif, tmp_path):
