@@ -26,6 +26,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from fairseq_hkd.compat import cpu_has_native_bf16
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
 from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
 from fairseq_hkd.data.feature_store import FeatureStore
@@ -105,6 +106,14 @@ class CifAsrConfig(FairseqDataclass):
                           "before it (1, absorbs a spurious tail fire). The CIF tail threshold is the model's: "
                           "--model-overrides \"{'cif_tail_threshold': 0.4}\""},
     )
+    # speed ---------------------------------------------------------------------------------------
+    autocast_bf16: AUTO_YES_NO = field(
+        default="no",
+        metadata={"help": "training updates under bf16 autocast on CPU: matrix products and convolutions in "
+                          "bf16; CIF weights and integration, the distillation projections, losses and "
+                          "softmaxes in float32; parameters, gradients and Adam stay float32 (auto: when the "
+                          "CPU computes bf16 natively, AVX512-BF16 or AMX; on GPU use fairseq's --fp16/--bf16)"},
+    )
     # from other config groups ---------------------------------------------------------------------
     train_subset: str = II("dataset.train_subset")
     seed: int = II("common.seed")
@@ -123,6 +132,7 @@ class CifAsrTask(FairseqTask):
         self.student_dims: Optional[dict] = None  # set by build_model
         self.encoder_output_lengths = None  # set by build_model: src_lengths [B] -> encoder frames [B]
         self.teacher_forced = False  # set by build_criterion: losses need S <= encoder frames
+        self._use_bf16: Optional[bool] = None  # decided at the first training step (--autocast-bf16)
         specaug = SpecAugmentConfig(
             cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
             cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
@@ -255,9 +265,32 @@ class CifAsrTask(FairseqTask):
     # training ----------------------------------------------------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """fairseq's train step on the SpecAugment-ed batch (fairseq's Trainer calls this only for
-        training updates; validation and generation never see masks)."""
-        return super().train_step(self.augment(sample, update_num), model, criterion, optimizer, update_num,
-                                  ignore_grad)
+        training updates; validation and generation never see masks), with the forward pass under
+        bf16 autocast when ``--autocast-bf16`` says so (the backward follows the forward's dtypes)."""
+        sample = self.augment(sample, update_num)
+        model.train()
+        model.set_num_updates(update_num)
+        with torch.autograd.profiler.record_function("forward"), self.training_autocast(model):
+            loss, sample_size, logging_output = criterion(model, sample)
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        return loss, sample_size, logging_output
+
+    def training_autocast(self, model):
+        """The autocast context of a training forward pass: bf16 on CPU per ``--autocast-bf16``,
+        otherwise a no-op (fairseq's own --fp16/--bf16 handle GPUs)."""
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if self._use_bf16 is None:
+            mode = self.cfg.autocast_bf16
+            self._use_bf16 = on_cpu and (mode == "yes" or (mode == "auto" and cpu_has_native_bf16()))
+            if mode == "yes" and not on_cpu:
+                raise ValueError("--autocast-bf16 is for CPU training; on GPU use fairseq's --bf16 or --fp16")
+            if mode != "no":
+                logger.info(f"training forward passes under bf16 autocast: {'on' if self._use_bf16 else 'off'} "
+                            f"(--autocast-bf16 {mode}, native CPU bf16: {cpu_has_native_bf16()})")
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
         """``sample`` with SpecAugment applied to ``net_input.src_tokens`` [B, T, F] (a new dict; the
