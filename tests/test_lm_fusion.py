@@ -369,7 +369,8 @@ def fairseq_generate(data, ckpt, out, *extra):
             "--load-teacher", "no", *extra]
     main(options.parse_args_and_arch(options.get_generation_parser(), argv))
     text = (out / "generate-test.txt").read_text(encoding="utf-8")
-    return {int(i): (float(s), h) for i, s, h in re.findall(r"^H-(\d+)\t(\S+)\t(.*)$", text, re.M)}
+    return {int(i): (float(s), h) for i, s, h in re.findall(r"^H-(\d+)\t(\S+)\t(.*)$", text, re.M)}, \
+        {int(i): w for i, w in re.findall(r"^D-(\d+)\t\S+\t(.*)$", text, re.M)}
 
 
 def test_fairseq_generate_passes_the_lm(lm_setup, tmp_path):
@@ -378,9 +379,9 @@ def test_fairseq_generate_passes_the_lm(lm_setup, tmp_path):
     from fairseq import checkpoint_utils
 
     data, asr_ckpt, lms = lm_setup
-    plain = fairseq_generate(data, asr_ckpt, tmp_path / "plain")
-    zero = fairseq_generate(data, asr_ckpt, tmp_path / "zero", "--lm-path", str(lms["good"]), "--lm-weight", "0")
-    fused = fairseq_generate(data, asr_ckpt, tmp_path / "fused", "--lm-path", str(lms["good"]), "--lm-weight", "2")
+    plain, _ = fairseq_generate(data, asr_ckpt, tmp_path / "plain")
+    zero, _ = fairseq_generate(data, asr_ckpt, tmp_path / "zero", "--lm-path", str(lms["good"]), "--lm-weight", "0")
+    fused, _ = fairseq_generate(data, asr_ckpt, tmp_path / "fused", "--lm-path", str(lms["good"]), "--lm-weight", "2")
     assert len(plain) == 3 and all(h for _, h in plain.values())
     assert zero == plain
     assert fused != plain
@@ -409,3 +410,21 @@ def test_fairseq_generate_mismatch_no_traceback(lm_setup, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: language model ") and str(lms["other_size"]) in last
     assert str(data / "dict.txt") in last
+
+
+def test_transcribe_lm_options(lm_setup, tmp_path):
+    """fairseq-hkd-transcribe --lm-path/--lm-weight: the words fairseq-generate prints with the same LM."""
+    from fairseq_hkd.generation.transcribe import cli_main
+
+    data, asr_ckpt, lms = lm_setup
+    _, words = fairseq_generate(data, asr_ckpt, tmp_path / "fused", "--lm-path", str(lms["good"]), "--lm-weight", "2")
+    _, plain_words = fairseq_generate(data, asr_ckpt, tmp_path / "plain")
+    assert words != plain_words
+    out = tmp_path / "transcripts.txt"
+    cli_main(["--path", str(asr_ckpt), "--manifest", str(data / "test.tsv"), "--beam", "3", "--cpu", "--quiet",
+              "--lm-path", str(lms["good"]), "--lm-weight", "2", "--output", str(out)])
+    got = [line.split("\t")[1] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert got == [words[i] for i in range(len(got))]
+    with pytest.raises(LmDictionaryError):
+        cli_main(["--path", str(asr_ckpt), "--manifest", str(data / "test.tsv"), "--cpu", "--quiet",
+                  "--lm-path", str(lms["other_size"]), "--lm-weight", "2", "--output", str(out)])

@@ -86,7 +86,9 @@ class Transcript:
 class Recognizer:
     """A loaded CIF model + its task (dictionary, units, feature settings) + a CIF generator."""
 
-    def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu"):
+    def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
+                 lm_weight: float = 0.0):
+        """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py)."""
         from fairseq_hkd.data.features import build_cmvn
         from fairseq_hkd.generation.cif_generator import CifGenerator
 
@@ -94,17 +96,21 @@ class Recognizer:
         self.model = model.to(self.device).eval()
         self.task = task
         self.tgt_dict = task.target_dictionary
-        self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1)
+        lm_model = lm_model.to(self.device).eval() if lm_model is not None else None
+        self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1, lm_model=lm_model,
+                                      lm_weight=lm_weight)
         cfg = task.cfg
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
         self.downsample = int(model.encoder.downsample)
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, beam: int = 10, cpu: bool = False,
-                        model_overrides: Optional[dict] = None) -> "Recognizer":
+                        model_overrides: Optional[dict] = None, lm_path: Optional[str] = None,
+                        lm_weight: float = 0.0) -> "Recognizer":
         """Load ``path`` with fairseq's checkpoint_utils. ``data``: the data directory with dict.txt
         (default: the one the checkpoint was trained on); ``model_overrides``: e.g.
-        ``{"cif_tail_threshold": 0.4}``."""
+        ``{"cif_tail_threshold": 0.4}``; ``lm_path``, ``lm_weight``: shallow fusion as
+        ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``)."""
         from fairseq import checkpoint_utils
 
         import fairseq_hkd  # noqa: F401  (registers the task and model; compat shims for torch.load)
@@ -128,7 +134,14 @@ class Recognizer:
             )
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
         device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
-        return cls(models[0], task, beam=beam, device=device)
+        lm_model = None
+        if lm_path:
+            from fairseq_hkd.generation.lm_fusion import load_lm
+
+            lm_model = load_lm(lm_path, task.units.dict_path, task.target_dictionary)
+            if lm_weight == 0.0:
+                logger.warning(f"--lm-path {lm_path} with --lm-weight 0: the language model is not used")
+        return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
@@ -271,6 +284,10 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="a manifest TSV (id, audio, n_samples, tgt_text); its transcripts are scored")
     p.add_argument("--data", help="data directory with dict.txt (default: the checkpoint's)")
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    p.add_argument("--lm-path", help="language model checkpoint for shallow fusion (fairseq transformer_lm on the "
+                                     "ASR units, examples/*/lm.sh)")
+    p.add_argument("--lm-weight", type=float, default=0.0,
+                   help="weight W of the LM log-probabilities, as fairseq-generate's (0: no LM)")
     p.add_argument("--batch-size", type=int, default=8, help="files per decoding batch")
     p.add_argument("--timestamps", action="store_true", help="append SYMBOL:SECONDS for every emitted unit")
     p.add_argument("--plot", metavar="DIR", required=require_plot, help="write one alignment PNG per file to DIR")
@@ -311,7 +328,7 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
     except json.JSONDecodeError as e:
         raise SystemExit(f"--model-overrides must be JSON ({e}): {args.model_overrides!r}")
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,
-                                     model_overrides=overrides)
+                                     model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     t0 = time.perf_counter()
     results = []
@@ -326,6 +343,8 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
     audio_s = sum(r.duration for r in results)
     summary = (f"transcribed {len(results)} files ({audio_s:.1f} s of audio) in {elapsed:.1f} s, "
                f"real-time factor {elapsed / max(audio_s, 1e-9):.3f}, beam {args.beam}, {rec.device}")
+    if args.lm_path:
+        summary += f", LM {args.lm_path} weight {args.lm_weight}"
     rates = error_rates(results)
     if rates:
         summary += f"; WER {rates['wer']:.2f}% CER {rates['cer']:.2f}% over {rates['utterances']} references"
