@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fairseq_hkd.data.audio import read_audio
+from fairseq_hkd.data.audio import AudioError, read_audio
 from fairseq_hkd.data.cli_features import cmvn_cli_main, store_cli_main
 from fairseq_hkd.data.cmvn import CmvnAccumulator, GlobalCmvn, utterance_cmvn
 from fairseq_hkd.data.fbank import fbank, num_frames
 from fairseq_hkd.data.feature_store import FeatureStore
-from fairseq_hkd.data.manifest import read_manifest
+from fairseq_hkd.data.manifest import ManifestError, read_manifest
 
 SR = 16000
 
@@ -157,3 +157,63 @@ def test_feature_store_counts_resampled_files(corpus_copy, capsys, workers):
     e = read_manifest(corpus_copy / "valid.tsv")[1]
     store = FeatureStore(str(corpus_copy), "valid")
     np.testing.assert_array_equal(store.get(e.id), fbank(read_audio(e.audio, expected_samples=e.n_samples)))
+
+
+# ---------------------------------------------------------------------------------------------- frame counts
+def _rate_corpus(tmp_path, with_sample_rate):
+    """An 8 kHz, a 44.1 kHz and a 16 kHz file; n_samples counted at each file's own rate."""
+    from fairseq_hkd.data.manifest import write_manifest
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (rate, n) in enumerate([(8000, 9876), (44100, 33734), (16000, 8037)]):
+        path = tmp_path / f"r{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(n)).astype(np.float32), rate, subtype="PCM_16")
+        assert sf.info(str(path)).frames == n
+        rows.append({"id": f"r{i}", "audio": path.name, "n_samples": n, "tgt_text": "a", "sample_rate": rate})
+    write_manifest(tmp_path / "m.tsv", rows, with_sample_rate=with_sample_rate)
+    return read_manifest(tmp_path / "m.tsv")
+
+
+def _dataset(entries, **kw):
+    import torch
+    from fairseq.data import Dictionary
+
+    from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset
+
+    return CifAsrDataset("m", entries, [torch.LongTensor([4, 2]) for _ in entries], Dictionary(), AudioFeatures(**kw),
+                         lambda x: x, shuffle=False)
+
+
+@pytest.mark.parametrize("with_sample_rate", [False, True], ids=["rate from the header", "rate column"])
+def test_dataset_sizes_of_audio_not_at_16k_are_the_frames_produced(tmp_path, with_sample_rate):
+    """Batching and the length filters use src_sizes: they must be the frames of the audio once resampled
+    to 16 kHz. By hand: 8 kHz, 9876 samples -> 19752 at 16 kHz -> 1 + (19752 - 400) // 160 = 121 frames;
+    44.1 kHz, 33734 -> ceil(33734 * 160 / 441) = 12240 -> 1 + 11840 // 160 = 75 (rounding down would give
+    12239 samples and 74 frames); 16 kHz, 8037 -> 1 + 7637 // 160 = 48. Counted at the file's own rate
+    they would be 60, 209 and 48."""
+    entries = _rate_corpus(tmp_path, with_sample_rate)
+    assert [e.sample_rate for e in entries] == ([8000, 44100, 16000] if with_sample_rate else [None] * 3)
+    ds = _dataset(entries)
+    assert ds.src_sizes.tolist() == [121, 75, 48]
+    for i in range(3):
+        assert ds[i]["source"].shape == (ds.size(i)[0], 80) and ds.num_tokens(i) == ds.src_sizes[i]
+    with pytest.raises(AudioError, match=r"m\.tsv:2: audio .*r0\.wav is sampled at 8000 Hz, 16000 Hz expected "
+                                         r"\(--strict-sample-rate"):
+        _dataset(entries, strict_sample_rate=True)  # at load, before any batch is drawn
+
+
+def test_manifest_sample_rate_column_checked(tmp_path):
+    _rate_corpus(tmp_path, True)
+    lines = (tmp_path / "m.tsv").read_text().splitlines()
+    lines[1] = lines[1].rsplit("\t", 1)[0] + "\t16000"  # r0 is an 8 kHz file
+    bad = lines[:3] + [lines[3].rsplit("\t", 1)[0] + "\t0"]
+    (tmp_path / "m.tsv").write_text("\n".join(bad) + "\n")
+    with pytest.raises(ManifestError, match=r"m\.tsv:4: sample_rate '0' of 'r2' is not a positive integer"):
+        read_manifest(tmp_path / "m.tsv")
+    (tmp_path / "m.tsv").write_text("\n".join(lines) + "\n")
+    ds = _dataset(read_manifest(tmp_path / "m.tsv"))
+    assert ds.src_sizes.tolist() == [60, 75, 48]  # what the column claims: 9876 samples at 16 kHz
+    with pytest.raises(AudioError, match=r"m\.tsv:2: audio .*r0\.wav is sampled at 8000 Hz but the manifest's "
+                                         r"sample_rate says 16000; regenerate the manifest"):
+        ds[0]

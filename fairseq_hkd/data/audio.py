@@ -40,6 +40,29 @@ class AudioCounters:
 COUNTERS = AudioCounters()
 
 
+def resampled_length(n_samples: int, sr_in: int, sr_out: int = SAMPLE_RATE) -> int:
+    """Samples that :func:`resample` makes of ``n_samples`` at ``sr_in``: ceil(n * sr_out / sr_in)."""
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = int(sr_out) // g, int(sr_in) // g
+    return -(-int(n_samples) * up // down)
+
+
+def file_sample_rate(path: str, where: str = "") -> int:
+    """The sample rate in a file's header (no samples are read)."""
+    try:
+        return int(sf.info(path).samplerate)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
+        raise AudioError(f"{where + ': ' if where else ''}cannot read audio {path}: {e}") from e
+
+
+def wrong_rate_error(path: str, where: str, rate: int, sample_rate: int = SAMPLE_RATE) -> AudioError:
+    """The ``--strict-sample-rate`` error for a file at ``rate``."""
+    return AudioError(
+        f"{where + ': ' if where else ''}audio {path} is sampled at {rate} Hz, {sample_rate} Hz expected "
+        "(--strict-sample-rate is set; resample the corpus or drop the flag to resample on the fly)"
+    )
+
+
 def read_audio(
     path: str,
     where: str = "",
@@ -47,6 +70,7 @@ def read_audio(
     sample_rate: int = SAMPLE_RATE,
     strict_sample_rate: bool = False,
     multichannel: str = "downmix",
+    expected_rate: Optional[int] = None,
 ) -> np.ndarray:
     """Read one file as mono float32 in [-1, 1] at ``sample_rate``.
 
@@ -57,6 +81,7 @@ def read_audio(
             before resampling; a mismatch means the manifest and the audio disagree).
         strict_sample_rate: reject files whose rate differs instead of resampling them.
         multichannel: ``downmix`` (average channels, counted) or ``error``.
+        expected_rate: the manifest's ``sample_rate`` (checked against the file's rate).
 
     Returns:
         float32 array [n_samples'] (n_samples' = n_samples * sample_rate / file rate, rounded up).
@@ -74,6 +99,11 @@ def read_audio(
             f"{tag}audio {path} has {n} samples but the manifest says {expected_samples}; "
             "regenerate the manifest (n_samples = soundfile.info(path).frames)"
         )
+    if expected_rate is not None and sr != expected_rate:
+        raise AudioError(
+            f"{tag}audio {path} is sampled at {sr} Hz but the manifest's sample_rate says {expected_rate}; "
+            "regenerate the manifest (sample_rate = soundfile.info(path).samplerate)"
+        )
     if channels > 1:
         if multichannel == "error":
             raise AudioError(f"{tag}audio {path} has {channels} channels; mono is expected (or allow --multichannel downmix)")
@@ -82,17 +112,14 @@ def read_audio(
     wav = wav[:, 0]
     if sr != sample_rate:
         if strict_sample_rate:
-            raise AudioError(
-                f"{tag}audio {path} is sampled at {sr} Hz, {sample_rate} Hz expected "
-                "(--strict-sample-rate is set; resample the corpus or drop the flag to resample on the fly)"
-            )
+            raise wrong_rate_error(path, where, sr, sample_rate)
         wav = resample(wav, sr, sample_rate)
         COUNTERS.add(f"resampled to {sample_rate} Hz", f"{path}, {sr} Hz")
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling of a 1-D signal [n] -> [ceil(n * sr_out / sr_in)]."""
+    """Polyphase resampling of a 1-D signal [n] -> [resampled_length(n, sr_in, sr_out)]."""
     from scipy.signal import resample_poly
 
     g = math.gcd(int(sr_in), int(sr_out))

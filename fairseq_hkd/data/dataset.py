@@ -10,7 +10,7 @@ import torch
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from fairseq_hkd.compat import batch_by_size_keep_remainder
-from fairseq_hkd.data.audio import read_audio
+from fairseq_hkd.data.audio import SAMPLE_RATE, file_sample_rate, read_audio, resampled_length, wrong_rate_error
 from fairseq_hkd.data.fbank import fbank, num_frames
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import ManifestEntry, ManifestError
@@ -64,11 +64,17 @@ class AudioFeatures:
         self.multichannel = multichannel
 
     def frames(self, entry: ManifestEntry) -> int:
-        return num_frames(entry.n_samples)
+        """fbank frames of the utterance once resampled to 16 kHz (``n_samples`` counts the file's own
+        samples): from the manifest's ``sample_rate``, else from the file's header (no samples read).
+        A file not at 16 kHz under ``--strict-sample-rate`` is an error here, before training starts."""
+        rate = entry.sample_rate if entry.sample_rate is not None else file_sample_rate(entry.audio, entry.where)
+        if rate != SAMPLE_RATE and self.strict_sample_rate:
+            raise wrong_rate_error(entry.audio, entry.where, rate)
+        return num_frames(resampled_length(entry.n_samples, rate))
 
     def __call__(self, entry: ManifestEntry) -> np.ndarray:
         wav = read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=self.strict_sample_rate,
-                         multichannel=self.multichannel)
+                         multichannel=self.multichannel, expected_rate=entry.sample_rate)
         return fbank(wav)
 
 

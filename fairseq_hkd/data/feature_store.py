@@ -72,7 +72,8 @@ class FeatureStore:
 def _features_of(entry, strict_sample_rate: bool):
     """(raw log-mel [T, 80], {event: count} of resampling / down-mixing for this file)."""
     before = dict(COUNTERS.counts)
-    wav = read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=strict_sample_rate)
+    wav = read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=strict_sample_rate,
+                     expected_rate=entry.sample_rate)
     return fbank(wav), {k: v - before.get(k, 0) for k, v in COUNTERS.counts.items() if v != before.get(k, 0)}
 
 

@@ -1,13 +1,16 @@
-"""Manifest TSV parsing: ``id, audio, n_samples, tgt_text[, speaker]``.
+"""Manifest TSV parsing: ``id, audio, n_samples, tgt_text[, speaker][, sample_rate]``.
 
 File format (tab separated, UTF-8, one header line naming the columns)::
 
-    id      audio               n_samples   tgt_text          speaker
-    utt1    wav/utt1.wav        23760       hello world       spk1
+    id      audio               n_samples   tgt_text          speaker   sample_rate
+    utt1    wav/utt1.wav        23760       hello world       spk1      16000
 
 ``audio`` is absolute or relative to the manifest's directory. ``n_samples`` is the number of
-samples in the file (what ``soundfile.info(path).frames`` reports); it is used for batching and
-length filtering before any audio is read, and checked when the audio is read. Every error names
+samples in the file at the file's own rate (what ``soundfile.info(path).frames`` reports); with
+the rate it gives the utterance's fbank frame count (after resampling to 16 kHz) used for batching
+and length filtering before any audio is read, and it is checked when the audio is read. The
+optional ``sample_rate`` column is the file's rate (``soundfile.info(path).samplerate``); without
+it the dataset reads each file's header once when it loads the split. Every error names
 ``file:line`` and what to fix.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 REQUIRED_COLUMNS = ("id", "audio", "n_samples", "tgt_text")
-OPTIONAL_COLUMNS = ("speaker",)
+OPTIONAL_COLUMNS = ("speaker", "sample_rate")
 
 
 class ManifestError(ValueError):
@@ -34,11 +37,13 @@ class ManifestEntry:
     tgt_text: str
     speaker: Optional[str]
     where: str  # "path/to/train.tsv:12" (for error messages)
+    sample_rate: Optional[int] = None  # the file's rate (optional column); None: not given
 
 
-def write_manifest(path: str | os.PathLike, rows: List[dict], with_speaker: bool = False) -> None:
+def write_manifest(path: str | os.PathLike, rows: List[dict], with_speaker: bool = False,
+                   with_sample_rate: bool = False) -> None:
     """Write a manifest (rows: dicts with the column names). Tabs/newlines in fields are rejected."""
-    cols = list(REQUIRED_COLUMNS) + (["speaker"] if with_speaker else [])
+    cols = list(REQUIRED_COLUMNS) + (["speaker"] if with_speaker else []) + (["sample_rate"] if with_sample_rate else [])
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write("\t".join(cols) + "\n")
         for r in rows:
@@ -51,7 +56,8 @@ def write_manifest(path: str | os.PathLike, rows: List[dict], with_speaker: bool
 
 def read_manifest(path: str | os.PathLike, check_audio_exists: bool = True) -> List[ManifestEntry]:
     """Parse a manifest. Raises ``ManifestError`` naming file:line for: missing header columns, wrong
-    field count, duplicate id, non-integer or non-positive ``n_samples`` (zero-length audio),
+    field count, duplicate id, non-integer or non-positive ``n_samples`` (zero-length audio) or
+    ``sample_rate``,
     empty transcript, missing audio file (when ``check_audio_exists``)."""
     path = Path(path)
     if not path.is_file():
@@ -103,7 +109,19 @@ def read_manifest(path: str | os.PathLike, check_audio_exists: bool = True) -> L
             if check_audio_exists and not os.path.isfile(audio_path):
                 raise ManifestError(f"{where}: audio file {audio_path} of utterance {uid!r} does not exist")
             speaker = fields[col["speaker"]].strip() if "speaker" in col else None
-            entries.append(ManifestEntry(uid, audio_path, n, text, speaker or None, where))
+            rate = None
+            if "sample_rate" in col:
+                value = fields[col["sample_rate"]].strip()
+                try:
+                    rate = int(value)
+                except ValueError:
+                    rate = 0
+                if rate <= 0:
+                    raise ManifestError(
+                        f"{where}: sample_rate {value!r} of {uid!r} is not a positive integer; write the file's "
+                        "rate (soundfile.info(path).samplerate) or drop the column"
+                    )
+            entries.append(ManifestEntry(uid, audio_path, n, text, speaker or None, where, rate))
     if not entries:
         raise ManifestError(f"{path}: no utterances")
     return entries
