@@ -348,6 +348,8 @@ def test_real_decoder_greedy_equals_full_recompute():
                 logits, _ = model.decoder(torch.tensor([prefix]), emb[b : b + 1, : i + 1], None)
                 lp = torch.log_softmax(logits[0, -1].double(), -1)
                 lp[d.bos()] = lp[d.pad()] = -math.inf
+                if i < int(n[b]) - 1:  # </s> only at the last CIF step
+                    lp[d.eos()] = -math.inf
                 prefix.append(int(lp.argmax()))
                 if prefix[-1] == d.eos():
                     break
