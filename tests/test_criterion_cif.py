@@ -46,6 +46,53 @@ def _ctc_brute_force(lprobs, labels, blank=0):
     return -math.log(total)
 
 
+def _ctc_float64(lp, labels, blank=0):
+    """-log p(labels | lp [T, V] log-probs) by the CTC forward recursion in float64, written out here
+    (independent of losses.ctc_loss / F.ctc_loss); checked against the brute force below."""
+    ext = [blank]
+    for y in labels:
+        ext += [y, blank]
+    T, n = lp.shape[0], len(ext)
+    alpha = [[-math.inf] * n for _ in range(T)]
+    alpha[0][0] = float(lp[0, blank])
+    if n > 1:
+        alpha[0][1] = float(lp[0, ext[1]])
+    for t in range(1, T):
+        for s in range(n):
+            terms = [alpha[t - 1][s]]
+            if s >= 1:
+                terms.append(alpha[t - 1][s - 1])
+            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                terms.append(alpha[t - 1][s - 2])
+            m = max(terms)
+            if m > -math.inf:
+                alpha[t][s] = m + math.log(sum(math.exp(v - m) for v in terms)) + float(lp[t, ext[s]])
+    last = [alpha[T - 1][n - 1]] + ([alpha[T - 1][n - 2]] if n > 1 else [])
+    m = max(last)
+    return -(m + math.log(sum(math.exp(v - m) for v in last)))
+
+
+def _label_smoothed_ce_float64(logits, target, eps, pad):
+    """fairseq's label smoothing, summed over non-pad positions, in float64: (smoothed loss, nll)."""
+    lp = torch.log_softmax(logits.double(), -1)
+    V = lp.size(-1)
+    loss = nll = 0.0
+    for b, s in itertools.product(range(target.size(0)), range(target.size(1))):
+        y = int(target[b, s])
+        if y != pad:
+            nll += -float(lp[b, s, y])
+            loss += -(1 - eps - eps / (V - 1)) * float(lp[b, s, y]) - eps / (V - 1) * float(lp[b, s].sum())
+    return loss, nll
+
+
+def test_float64_references_agree_with_brute_force():
+    """The test's own CTC recursion against the brute-force path sum (repeats need a blank)."""
+    torch.manual_seed(1)
+    lp = torch.log_softmax(torch.randn(5, 4, dtype=torch.float64), -1)
+    for labels in ([3], [3, 3], [2, 3], [3, 2, 3], [1, 1, 2]):
+        assert _ctc_float64(lp, labels) == pytest.approx(_ctc_brute_force(lp, labels), rel=1e-12)
+
+
 def test_ctc_loss_drops_eos_and_padding_and_matches_brute_force():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 5)  # V = 5: blank 0, pad 1, eos 2, labels 3 and 4
@@ -113,15 +160,23 @@ def test_criterion_loss_is_the_weighted_sum_of_the_terms():
     crit = _criterion(model, ctc_weight=0.3, quantity_weight=2.0, label_smoothing=0.2)
     loss, sample_size, log = crit(model, sample)
     assert sample_size == sample["ntokens"] == 19
-    out = model(**sample["net_input"], target_lengths=sample["target_lengths"])
-    ce, nll = losses.label_smoothed_ce(out["decoder_logits"], sample["target"], 0.2, PAD)
-    ctc, _ = losses.ctc_loss(out["ctc_logits"], out["encoder_lengths"], sample["target"], PAD, EOS)
-    quantity = (out["alpha"].sum(1) - sample["target_lengths"]).abs().sum()
-    torch.testing.assert_close(loss, ce + 0.3 * ctc + 2.0 * quantity)
-    nll, ctc, quantity = nll.detach(), ctc.detach(), quantity.detach()
-    assert log["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
-    assert log["ctc_loss"] == pytest.approx(ctc.item(), rel=1e-5)
-    assert log["quantity_loss"] == pytest.approx(quantity.item(), rel=1e-5)
+    # every term recomputed in float64 from the model's outputs by the test's own code (not losses.*)
+    with torch.no_grad():
+        out = model(**sample["net_input"], target_lengths=sample["target_lengths"])
+    target = sample["target"]
+    ce, nll = _label_smoothed_ce_float64(out["decoder_logits"], target, 0.2, PAD)
+    lp = torch.log_softmax(out["ctc_logits"].double(), -1)
+    ctc = 0.0
+    for b in range(target.size(0)):
+        labels = [int(y) for y in target[b] if int(y) not in (PAD, EOS)]  # CTC targets: no </s>, no padding
+        ctc += _ctc_float64(lp[b, : int(out["encoder_lengths"][b])], labels)
+    quantity = sum(abs(float(out["alpha"][b].double().sum()) - S) for b, S in enumerate(sample["target_lengths"].tolist()))
+    assert log["ctc_infeasible"] == 0
+    assert float(loss.detach()) == pytest.approx(ce + 0.3 * ctc + 2.0 * quantity, rel=1e-5)
+    assert log["ce_loss"] == pytest.approx(ce, rel=1e-5)
+    assert log["nll_loss"] == pytest.approx(nll, rel=1e-5)
+    assert log["ctc_loss"] == pytest.approx(ctc, rel=1e-5)
+    assert log["quantity_loss"] == pytest.approx(quantity, rel=1e-5)
     counts = losses.predicted_token_counts(out["alpha"], 1.0, 0.5)
     assert log["fire_correct"] == int((counts == sample["target_lengths"]).sum())
     errors, total = losses.token_errors(out["decoder_logits"], sample["target"], PAD)
@@ -136,7 +191,9 @@ def test_criterion_gradients_reach_the_whole_model():
     model = small_model()
     loss, _, _ = _criterion(model)(model, _sample(model))
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    # a gradient that exists but is all zero (a detached path) fails as much as a missing one
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().max() > 0]
     assert not missing
 
 
