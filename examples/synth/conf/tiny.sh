@@ -1,12 +1,14 @@
-# cif_tiny on the synthesized corpus, the settings the demo calibration found to learn in minutes on
-# 2 CPU cores (Adam 2e-3, 200-step warm-up, <= 5,000 padded frames per batch, light SpecAugment).
-# Sourced by train.sh with $max_update set.
+# cif_tiny at 80 ms frames on the synthesized corpus: the demo's recipe. Sourced by train.sh with
+# $max_update set. Adam 2e-3 with a 200-step warm-up, hold to half, decay; <= 5,000 padded frames per
+# batch; light SpecAugment. Speed (benchmarks/bench_train.py --compare): 80 ms frames (three stride-2
+# conv layers) and packed dropout masks; bf16 autocast where the CPU computes bf16 natively.
 warmup=$(( max_update < 800 ? max_update / 4 : 200 ))
 model_args=(
-  --arch cif_tiny
+  --arch cif_tiny_80ms --dropout-impl packed
 )
 specaug_args=(
   --spec-aug-freq-masks 2 --spec-aug-freq-width 10 --spec-aug-time-masks 2 --spec-aug-time-width 20
+  --autocast-bf16 auto
 )
 optim_args=(
   --optimizer adam --adam-betas "(0.9, 0.98)" --adam-eps 1e-8 --weight-decay 0.0 --clip-norm 5.0
