@@ -5,11 +5,14 @@
 #   examples/synth/decode.sh --exp exp/synth/cif                    # checkpoint_best.pt, test + heldout
 #   examples/synth/decode.sh --exp exp/synth/hkd --beam 1 --subsets test
 #   examples/synth/decode.sh --exp exp/synth/cif --lm-path exp/synth/lm/checkpoint_best.pt --lm-weight 0.3
+#   examples/synth/decode.sh --exp exp/synth/cif --tail-threshold 0.4 --eos-slack 1
 #
 # Writes EXP/decode-SUBSET/generate-SUBSET.txt (S-/T-/H-/D- lines) and
 # EXP/wer-summary-SUBSET.txt (the WER fairseq-generate printed), and prints one line per subset.
 # With --lm-path (shallow fusion with an LM from lm.sh, weight --lm-weight) the names get -lmW:
-# EXP/decode-SUBSET-lmW/, EXP/wer-summary-SUBSET-lmW.txt.
+# EXP/decode-SUBSET-lmW/, EXP/wer-summary-SUBSET-lmW.txt; likewise -tailT for --tail-threshold T (the CIF
+# tail rule at decoding; default: the model's, 0.5) and -slack1 for --eos-slack 1 (</s> may also end a
+# hypothesis one step before its last CIF step); --suffix S appends S to the names (e.g. -beam10).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth
@@ -22,6 +25,9 @@ subsets="test heldout"
 beam=5
 lm_path=""   # language model for shallow fusion (lm.sh); empty: none
 lm_weight=0.3
+tail_threshold=""  # empty: the model's cif_tail_threshold
+eos_slack=0
+suffix=""
 plm=""
 
 . "$REPO/examples/common.sh"
@@ -30,8 +36,10 @@ parse_options "$@"  # --some-name VALUE sets some_name
 . "$HERE/conf/task.sh"
 device_args=()
 python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || device_args=(--cpu)
-lm_args=() tag=""
-[ -z "$lm_path" ] || { lm_args=(--lm-path "$lm_path" --lm-weight "$lm_weight"); tag=-lm$lm_weight; }
+lm_args=() tag=$suffix
+[ -z "$lm_path" ] || { lm_args+=(--lm-path "$lm_path" --lm-weight "$lm_weight"); tag=$tag-lm$lm_weight; }
+[ -z "$tail_threshold" ] || { lm_args+=(--model-overrides "{'cif_tail_threshold': $tail_threshold}"); tag=$tag-tail$tail_threshold; }
+[ "$eos_slack" = 0 ] || { lm_args+=(--cif-eos-slack "$eos_slack"); tag=$tag-slack$eos_slack; }
 
 for subset in $subsets; do
   out=$exp/decode-$subset$tag
@@ -42,5 +50,5 @@ for subset in $subsets; do
   wer=$(sed -n 's/.*: WER: \([0-9.]*\).*/\1/p' "$out/generate-$subset.txt" | tail -n 1)
   [ -n "$wer" ] || { echo "$0: no WER line in $out/generate-$subset.txt" >&2; exit 1; }
   echo "$wer" > "$exp/wer-summary-$subset$tag.txt"
-  echo "$exp $subset WER $wer${lm_path:+ (LM $lm_path, weight $lm_weight)}"
+  echo "$exp $subset WER $wer${tag:+ ($tag)}"
 done
