@@ -53,6 +53,52 @@ def assert_grads_match_reference(impl, alpha, h, mask, threshold=1.0, tail=None)
     torch.testing.assert_close(h1.grad, h2.grad, atol=1e-9, rtol=1e-9)
 
 
+# Low-precision inputs against the float64 path on the same values. Tolerances, from the arithmetic, per
+# utterance relative to its scale (the largest |reference| value of that utterance and tensor):
+# - embeddings and grad_h come back in h's dtype, rounded to nearest: relative error <= u (2^-8 for
+#   bfloat16, 2^-24 for float32);
+# - all sums run in float32 (the plan in float64): dot products over the C channels and sums over a
+#   few frames, whose rounding grows like 2^-24 * sqrt(C) of the scale (measured on the CPU path:
+#   <= 3.2e-7 for C <= 1000, T <= 1000) -> LOW_PRECISION_ACC = 2e-5 of the scale, 60x the measurement;
+# - alpha's gradient is float32 for every h dtype: LOW_PRECISION_ACC alone, whatever h's dtype (the
+#   bf16 rounding of h and of the output gradient is in the reference too).
+# A 1 % error in one frame's gradient is ~500x that tolerance; the earlier GPU check allowed
+# 30 * sqrt(C) absolute for bf16 (9.5 at C = 1000, 2 % of the scale) and let it pass, as it let pass
+# a Triton plan backward without the tail term dL/dr (0.10 absolute, 2e-4 of the scale, at B, T, C =
+# 3, 77, 1000 under the interpreter).
+LOW_PRECISION_ACC = 2e-5
+ROUNDING = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8}
+
+
+def assert_low_precision_matches_float64(impl, alpha, h, mask, threshold=1.0, tail=None, seed=1, rounding=None):
+    """cif(float32 alpha, float32|bfloat16 h) forward and backward (a random output gradient) against
+    the float64 torch path on the same values: h upcast exactly, the output gradient rounded to h's
+    dtype as autograd rounds it on the way in. The float64 path equals the loop to 1e-9 (above).
+    ``rounding``: relative error of the conversion to h's dtype (default ROUNDING, round to nearest)."""
+    a, x = alpha.float().clone().requires_grad_(), h.clone().requires_grad_()
+    out = cif(a, x, mask, threshold, tail, impl=impl)
+    grad = torch.randn(out.embeddings.shape, generator=torch.Generator().manual_seed(seed)).to(h.device)
+    out.embeddings.float().backward(grad)
+
+    def f64(t):
+        return t.detach().cpu().double()
+
+    ra, rx = f64(alpha.float()).requires_grad_(), f64(h).requires_grad_()
+    ref = cif(ra, rx, None if mask is None else mask.cpu(), threshold, tail, impl="torch")
+    ref.embeddings.backward(f64(grad.to(h.dtype)))
+    assert torch.equal(out.lengths.cpu(), ref.lengths) and torch.equal(out.fire_mask.cpu(), ref.fire_mask)
+    u = ROUNDING[h.dtype] if rounding is None else rounding
+    for name, got, want, rel in (("embeddings", out.embeddings, ref.embeddings, u), ("grad_h", x.grad, rx.grad, u),
+                                 ("grad_alpha", a.grad, ra.grad, 0.0)):
+        assert got.dtype == (torch.float32 if name == "grad_alpha" else h.dtype), name
+        scale = want.abs().amax(dim=tuple(range(1, want.dim())), keepdim=True)
+        excess = (f64(got) - want).abs() - (LOW_PRECISION_ACC * scale + rel * want.abs())
+        worst = int(excess.argmax())
+        assert excess.max() <= 0, (
+            f"{impl} {h.dtype} {name}: error {float((f64(got) - want).abs().flatten()[worst]):.3g} at flat index "
+            f"{worst} exceeds {LOW_PRECISION_ACC} x scale {scale.flatten().tolist()} + {rel} x |reference|")
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     B=st.integers(1, 3),
@@ -219,6 +265,13 @@ def test_gradcheck(threshold, tail):
 def test_grads_match_reference(threshold, tail):
     alpha, h, mask = random_case(3, 25, 4, seed=2)
     assert_grads_match_reference(IMPL, alpha, h, mask, threshold, tail)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,T,C,tail", [(3, 77, 1000, 0.5), (4, 300, 64, None)])
+def test_low_precision_matches_float64(B, T, C, tail, dtype):
+    alpha, h, mask = random_case(B, T, C, seed=7, dtype=torch.float32)
+    assert_low_precision_matches_float64(IMPL, alpha, h.to(dtype), mask, 1.0, tail)
 
 
 def gather_args(B, T, C, N, seed, dtype=torch.float32, device="cpu"):

@@ -63,6 +63,17 @@ def test_float32_and_bfloat16():
     torch.testing.assert_close(a.embeddings.float(), b.embeddings, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_low_precision_grads_match_float64(dtype):
+    """The tolerances the GPU test uses (test_cif_op.assert_low_precision_matches_float64: relative to
+    each utterance's gradient scale), here with C > BLOCK_C and a tail token."""
+    alpha, h, mask = base.random_case(3, 40, 70, seed=11, dtype=torch.float32)
+    # The interpreter converts float32 to bfloat16 by truncation (triton/runtime/interpreter.py,
+    # cast_impl: no rounding mode), one ulp = 2^-7 relative; GPUs round to nearest (2^-8, the default).
+    rounding = 2.0 ** -7 if dtype == torch.bfloat16 else None
+    base.assert_low_precision_matches_float64(IMPL, alpha, h.to(dtype), mask, 1.0, 0.5, rounding=rounding)
+
+
 @pytest.mark.parametrize("threshold,tail", [(1.0, 0.4), (0.75, None)])
 def test_grads_match_reference(threshold, tail):
     alpha, h, mask = base.random_case(2, 12, 3, seed=5)
