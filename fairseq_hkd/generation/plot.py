@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fairseq_hkd.data.features import FRAME_LENGTH_MS, FRAME_SHIFT_MS
+from fairseq_hkd.data.fbank import FRAME_LENGTH_MS, FRAME_SHIFT_MS
 
 __all__ = ["plot_alignment", "encoder_frame_centres", "cli_main"]
 

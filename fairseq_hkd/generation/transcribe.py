@@ -89,7 +89,7 @@ class Recognizer:
     def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
                  lm_weight: float = 0.0):
         """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py)."""
-        from fairseq_hkd.data.features import build_cmvn
+        from fairseq_hkd.data.cmvn import build_cmvn
         from fairseq_hkd.generation.cif_generator import CifGenerator
 
         self.device = torch.device(device)
@@ -146,7 +146,7 @@ class Recognizer:
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
         """Mono 16 kHz float32 [n] -> normalised fbank [T, 80], as the task computes it."""
-        from fairseq_hkd.data.features import fbank
+        from fairseq_hkd.data.fbank import fbank
 
         return np.ascontiguousarray(self.cmvn(fbank(wav)), dtype=np.float32)
 
