@@ -10,6 +10,9 @@ returns the named terms and the net output, ``self.weights`` maps term names to 
 A NaN/inf term raises :class:`~fairseq_hkd.criterions.guards.NonFiniteLossError` naming the term and
 the utterances; ``--nonfinite-loss skip`` instead skips the batch (zero loss and gradients, a warning,
 ``nonfinite_skipped`` in the log). Non-finite inputs (features, teacher states) are always an error.
+A training forward pass computed in float16 (``--fp16``, float16 autocast) whose terms are NaN/inf
+from finite inputs overflowed: :meth:`CifCriterion.overflow_batch` hands it to fairseq's fp16
+overflow path (update skipped, loss scale lowered), in either mode.
 
 Usage::
 
@@ -102,9 +105,11 @@ class CifCriterion(FairseqCriterion):
     # 2. fairseq interface ----------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
         guards.check_inputs(sample)  # NaN/inf features or teacher states: an error naming the utterances
-        terms, _, stats = self.compute_terms(model, sample)
+        terms, net_output, stats = self.compute_terms(model, sample)
         nonfinite = guards.nonfinite_message(terms, sample)  # NaN/inf: names the term and the utterances
         if nonfinite is not None:
+            if model.training and guards.float16_forward(net_output):
+                return self.overflow_batch(model, terms, stats, sample)
             if self.cfg.nonfinite_loss != "skip":
                 raise guards.NonFiniteLossError(nonfinite)
             return self.skipped_batch(model, terms, stats, nonfinite)
@@ -128,10 +133,25 @@ class CifCriterion(FairseqCriterion):
         logging output with the same keys as a normal one, all 0 but ``nonfinite_skipped`` = 1
         (ranks all-reduce the logs key by key, so every rank must log the same keys)."""
         logger.warning(f"{message} Batch skipped (--nonfinite-loss skip).")
-        logging_output = {"loss": 0.0, "nll_loss": 0.0, "ntokens": 0, "nsentences": 0, "sample_size": 0,
-                          **{f"{name}_loss": 0.0 for name in terms if name != "nll"},
-                          **{key: 0 for key in stats}, "nonfinite_skipped": 1}
-        return guards.zero_loss(model, self), 0, logging_output
+        return guards.zero_loss(model, self), 0, self._zero_logging_output(terms, stats, skipped=1)
+
+    def overflow_batch(self, model, terms, stats, sample):
+        """A training batch whose float16 forward pass overflowed (non-finite terms, finite inputs):
+        a loss whose backward gives every model and criterion parameter a gradient, inf in one
+        element each, so that fairseq treats it as its own models' fp16 overflow: the loss scaler
+        raises OverflowError at the gradient norm, the Trainer skips the update (gradients zeroed,
+        update count unchanged) and lowers the loss scale; persistent overflow ends in fairseq's
+        "Minimum loss scale reached" error. The logging output has a normal batch's keys, all 0
+        (the Trainer discards it; ranks all-reduce it first)."""
+        logger.info(guards.overflow_message(terms, sample))
+        return guards.overflow_loss(model, self), 0, self._zero_logging_output(terms, stats, skipped=0)
+
+    def _zero_logging_output(self, terms, stats, skipped: int) -> Dict[str, object]:
+        """A normal batch's logging keys (ranks all-reduce the logs key by key), all 0, and
+        ``nonfinite_skipped`` = ``skipped`` in skip mode."""
+        return {"loss": 0.0, "nll_loss": 0.0, "ntokens": 0, "nsentences": 0, "sample_size": 0,
+                **{f"{name}_loss": 0.0 for name in terms if name != "nll"}, **{key: 0 for key in stats},
+                **({"nonfinite_skipped": skipped} if self.cfg.nonfinite_loss == "skip" else {})}
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: List[Dict[str, object]]) -> None:

@@ -33,6 +33,7 @@ from typing import Dict, List
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
@@ -114,11 +115,11 @@ class CifHkdCriterion(CifCriterion):
             k = losses.acd_num_negatives(e.size(0), self.cfg.acd_negatives, self.cfg.acd_small_batch_ratio)
             negatives = losses.sample_negatives(e.size(0), k, device=e.device)
             tokens = target[keep] if self.cfg.acd_mask_same_token else None
-            terms["acd"], correct = losses.acd_loss(self.acd_proj(c), e, negatives, self.cfg.acd_temperature, tokens)
+            terms["acd"], correct = losses.acd_loss(_project(self.acd_proj, c), e, negatives, self.cfg.acd_temperature, tokens)
             stats["acd_correct"], stats["acd_total"] = int(correct), int(e.size(0))
         if self.lrd_proj is not None:
             s = net_output["decoder_states"][keep].float()             # [N, C']
-            terms["lrd"] = losses.lrd_loss(self.lrd_proj(s), e, self.cfg.lrd_reduction)
+            terms["lrd"] = losses.lrd_loss(_project(self.lrd_proj, s), e, self.cfg.lrd_reduction)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: List[Dict[str, object]]) -> None:
@@ -131,3 +132,8 @@ class CifHkdCriterion(CifCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def _project(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``proj(x)`` in x's dtype (float32 here) also when fairseq's ``--fp16`` made the parameters half."""
+    return F.linear(x, proj.weight.to(x.dtype), proj.bias.to(x.dtype))

@@ -15,14 +15,20 @@ Usage (in a criterion's ``forward``)::
 ``check_inputs`` runs before the model, because non-finite features make non-finite CIF weights,
 which the CIF middleware rejects (with no utterance ids) before any loss exists.
 
-With ``--nonfinite-loss skip`` (e.g. fp16 runs that overflow now and then) the criterion calls
-:func:`nonfinite_message` instead of :func:`check_finite`, logs it and returns :func:`zero_loss`.
+With ``--nonfinite-loss skip`` the criterion calls :func:`nonfinite_message` instead of
+:func:`check_finite`, logs it and returns :func:`zero_loss`.
+
+fp16 overflow: when the forward pass computed in float16 (:func:`float16_forward`) and the inputs
+are finite, non-finite terms are an overflow, not divergence: the criterion returns
+:func:`overflow_loss`, whose gradients are inf, and fairseq's loss scaler does what it does for its
+own models (OverflowError at the gradient norm: update skipped, loss scale lowered).
 """
 from typing import Dict, List, Mapping, Optional
 
 import torch
 
-__all__ = ["NonFiniteLossError", "check_finite", "check_inputs", "nonfinite_inputs", "nonfinite_message", "zero_loss"]
+__all__ = ["NonFiniteLossError", "check_finite", "check_inputs", "float16_forward", "nonfinite_inputs",
+           "nonfinite_message", "overflow_loss", "overflow_message", "zero_loss"]
 
 MAX_IDS = 10  # utterance ids listed in a message
 
@@ -91,13 +97,10 @@ def check_finite(terms: Mapping[str, torch.Tensor], sample: Mapping) -> None:
 def nonfinite_message(terms: Mapping[str, torch.Tensor], sample: Mapping) -> Optional[str]:
     """None when every term (a scalar tensor) is finite, else the message :func:`check_finite` raises
     (one host sync)."""
-    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
-    finite = torch.isfinite(values)
-    if bool(finite.all()):
+    bad = _nonfinite_terms(terms)
+    if bad is None:
         return None
-    bad = ", ".join(f"{name}={float(v):g}" for name, v, ok in zip(terms, values, finite) if not ok)
-    msg = [f"non-finite loss term(s) {bad} in a batch of {len(sample.get('utt_id') or sample.get('id', []))} "
-           f"utterance(s): {_ids(sample)}."]
+    msg = [f"non-finite loss term(s) {bad} in a batch of {_batch_size(sample)} utterance(s): {_ids(sample)}."]
     inputs = nonfinite_inputs(sample)
     msg += _input_messages(sample, inputs)
     if not inputs:
@@ -106,6 +109,43 @@ def nonfinite_message(terms: Mapping[str, torch.Tensor], sample: Mapping) -> Opt
                    "utterances' transcripts against their audio (a transcript far longer than its audio makes "
                    "CTC and the quantity loss explode).")
     return " ".join(msg)
+
+
+def _nonfinite_terms(terms: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """"ce=nan, quantity=inf" for the non-finite terms, or None (one host sync)."""
+    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return None
+    return ", ".join(f"{name}={float(v):g}" for name, v, ok in zip(terms, values, finite) if not ok)
+
+
+def _batch_size(sample: Mapping) -> int:
+    return len(sample.get("utt_id") or sample.get("id", []))
+
+
+def float16_forward(net_output: Mapping) -> bool:
+    """Did the model's forward pass compute in float16? (``--fp16``: half parameters, so a half
+    encoder output; or float16 autocast, ``--amp``.) The encoder output tells."""
+    from fairseq_hkd.models.cif_middleware import is_float16_compute  # models import nothing from here
+
+    encoder_out = net_output.get("encoder_out")
+    return encoder_out is not None and is_float16_compute(encoder_out)
+
+
+def overflow_message(terms: Mapping[str, torch.Tensor], sample: Mapping) -> str:
+    return (f"float16 overflow in the forward pass (loss term(s) {_nonfinite_terms(terms)}, batch of "
+            f"{_batch_size(sample)} utterance(s): {_ids(sample)}): fairseq skips the update and lowers the loss scale")
+
+
+def overflow_loss(*modules: torch.nn.Module) -> torch.Tensor:
+    """A loss connected to one element of every trainable parameter of ``modules`` whose backward
+    gives that element an inf gradient (and the others 0): any loss scaling keeps it inf, so fairseq's
+    FP16Optimizer / MemoryEfficientFP16Optimizer find an inf gradient norm and raise OverflowError (the
+    Trainer then skips the update and lowers the scale), and AMP's GradScaler skips its step. Every
+    parameter takes part, as DDP requires."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    return sum((p.reshape(-1)[:1].float().sum() * float("inf") for p in params), torch.zeros(()))
 
 
 def zero_loss(*modules: torch.nn.Module) -> torch.Tensor:

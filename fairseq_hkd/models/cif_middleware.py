@@ -10,15 +10,24 @@ quantity loss uses the unscaled alpha. The op (``fairseq_hkd.ops.cif.cif``) runs
 (threshold 0.5) in training too: scaled weights sum to S only up to float error, and a last token
 left at 0.99999 must still be emitted. If the fire count still differs from S, :class:`CifMiddleware`
 raises instead of truncating or padding.
+
+Precision: the weight predictor and the integration run in float32 whatever the compute dtype
+(autocast, or half parameters under fairseq's ``--fp16``, which are cast up for the predictor).
+Non-finite weights are an error (:class:`FloatingPointError`: the encoder output is not finite),
+except in a teacher-forced forward pass that computed in float16: there they are what fairseq
+calls an fp16 overflow, and :meth:`CifMiddleware.forward` returns NaN embeddings of the target's
+shape instead, so that the loss is NaN as in fairseq's own models and the criterion hands the
+batch to fairseq's overflow path (update skipped, loss scale lowered; see ``criterions/cif.py``).
 """
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fairseq_hkd.ops.cif import CifOutput, cif
 
-__all__ = ["CifMiddleware", "scale_alpha"]
+__all__ = ["CifMiddleware", "is_float16_compute", "scale_alpha"]
 
 
 def scale_alpha(alpha: torch.Tensor, target_lengths: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -43,6 +52,24 @@ def scale_alpha(alpha: torch.Tensor, target_lengths: torch.Tensor, eps: float = 
         room = (target - capped.sum(dim=1, keepdim=True).to(alpha.dtype)).clamp(min=0.0)
         scaled = torch.where(capped, torch.ones_like(alpha), free * (room / (free.sum(dim=1, keepdim=True) + eps)))
     return scaled
+
+
+def is_float16_compute(x: torch.Tensor) -> bool:
+    """Was ``x`` computed in float16: half itself (``--fp16``: half parameters) or made under float16
+    autocast (``--amp``)? Non-finite values there are what fairseq's loss scaler calls an overflow."""
+    device = x.device.type
+    return x.dtype == torch.float16 or (
+        torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16)
+
+
+def _nan_output(h: torch.Tensor, target_lengths: torch.Tensor) -> CifOutput:
+    """The CIF output of a teacher-forced float16 forward pass that overflowed: S_b NaN embeddings
+    per utterance (the shape the decoder and the losses expect), no fires, token_index -1."""
+    B, T, C = h.shape
+    lengths = target_lengths.to(device=h.device, dtype=torch.long)
+    return CifOutput(embeddings=h.new_full((B, int(lengths.max()), C), float("nan")), lengths=lengths,
+                     fire_mask=torch.zeros(B, T, dtype=torch.bool, device=h.device),
+                     token_index=torch.full((B, T), -1, dtype=torch.long, device=h.device))
 
 
 class CifMiddleware(nn.Module):
@@ -71,9 +98,13 @@ class CifMiddleware(nn.Module):
         self.tail_threshold = tail_threshold
 
     def predict_alpha(self, h: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """h [B, T, C] (0 at padding) -> alpha [B, T] float32 in [0, 1], 0 at padding."""
-        x = self.dropout(self.conv(h.transpose(1, 2)).transpose(1, 2))
-        alpha = torch.sigmoid(self.proj(x).squeeze(-1).float())
+        """h [B, T, C] (0 at padding) -> alpha [B, T] float32 in [0, 1], 0 at padding. Computes in
+        h's dtype (float32 from :meth:`forward`) with the parameters cast to it: under ``--fp16``
+        they are half and the predictor still runs in float32."""
+        conv = F.conv1d(h.transpose(1, 2), self.conv.weight.to(h.dtype), self.conv.bias.to(h.dtype),
+                        padding=self.conv.padding)
+        x = self.dropout(conv.transpose(1, 2))
+        alpha = torch.sigmoid(F.linear(x, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype)).squeeze(-1).float())
         if padding_mask is not None:
             alpha = alpha.masked_fill(padding_mask, 0.0)
         return alpha
@@ -92,16 +123,21 @@ class CifMiddleware(nn.Module):
         """
         # Under autocast (bf16 training on CPU) the integration still runs in float32: fire
         # placement and the integrated states must not depend on the compute dtype.
+        float16 = is_float16_compute(h)
         with torch.autocast(h.device.type, enabled=False):
-            return self._forward_fp32(h.float(), padding_mask, target_lengths, tail_threshold)
+            return self._forward_fp32(h.float(), padding_mask, target_lengths, tail_threshold, float16)
 
-    def _forward_fp32(self, h, padding_mask, target_lengths, tail_threshold):
+    def _forward_fp32(self, h, padding_mask, target_lengths, tail_threshold, float16: bool = False):
         alpha = self.predict_alpha(h, padding_mask)
         if not bool(torch.isfinite(alpha).all()):  # NaN weights would make the op's fire plan meaningless
+            if float16 and target_lengths is not None:  # fp16 overflow: the loss becomes NaN (module docstring)
+                return alpha, _nan_output(h, target_lengths)
             raise FloatingPointError(
                 f"CIF weights are NaN/inf for batch row(s) {(~torch.isfinite(alpha)).any(1).nonzero().flatten().tolist()}: "
-                "the encoder output is not finite; training diverged (lower --lr, keep --clip-norm) or the model "
-                "was loaded from a damaged checkpoint")
+                "the encoder output is not finite; " + (
+                    "it was computed in float16 and overflowed: decode in float32 (without --fp16)" if float16 else
+                    "training diverged (lower --lr, keep --clip-norm) or the model was loaded from a damaged "
+                    "checkpoint"))
         if target_lengths is None:
             tail = self.tail_threshold if tail_threshold is None else tail_threshold
             return alpha, cif(alpha, h, padding_mask, threshold=self.threshold, tail_threshold=tail)
