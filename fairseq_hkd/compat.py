@@ -161,3 +161,44 @@ def _numpy_compat_long() -> None:
 
 
 _numpy_compat_long()
+
+
+# 6. A criterion without parameters is handed the checkpoint's criterion state ----------------------
+# Reason: fairseq 0.12's Trainer.load_checkpoint passes state["criterion"] to the criterion's
+# load_state_dict (strictly) only when the criterion has parameters, and otherwise drops it without a
+# word: `--criterion cif` started from a cif_hkd checkpoint would lose the distillation projections
+# silently. Criteria that set `load_state_without_parameters = True` (ours, which log what they drop)
+# get the state right after the checkpoint is read; criteria with parameters load as in fairseq.
+def _load_checkpoint_handing_criterion_state(original):
+    @functools.wraps(original)
+    def load_checkpoint(self, filename, *args, **kwargs):
+        from fairseq import checkpoint_utils, utils
+
+        criterion = self.get_criterion()
+        if not getattr(criterion, "load_state_without_parameters", False) or utils.has_parameters(criterion):
+            return original(self, filename, *args, **kwargs)
+        read = checkpoint_utils.load_checkpoint_to_cpu  # what Trainer.load_checkpoint reads the file with
+
+        def read_and_hand_over(path, *a, **kw):
+            state = read(path, *a, **kw)
+            criterion.load_state_dict(state.get("criterion"), strict=True)
+            return state
+
+        checkpoint_utils.load_checkpoint_to_cpu = read_and_hand_over
+        try:
+            return original(self, filename, *args, **kwargs)
+        finally:
+            checkpoint_utils.load_checkpoint_to_cpu = read
+
+    load_checkpoint.__hkd_criterion_state__ = True
+    return load_checkpoint
+
+
+def _install_criterion_state_handover() -> None:
+    from fairseq.trainer import Trainer
+
+    if not getattr(Trainer.load_checkpoint, "__hkd_criterion_state__", False):
+        Trainer.load_checkpoint = _load_checkpoint_handing_criterion_state(Trainer.load_checkpoint)
+
+
+_install_criterion_state_handover()

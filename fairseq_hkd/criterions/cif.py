@@ -54,8 +54,15 @@ class CifCriterionConfig(FairseqDataclass):
 
 @register_criterion("cif", dataclass=CifCriterionConfig)
 class CifCriterion(FairseqCriterion):
+    NAME = "cif"  # --criterion, for messages
     # logged terms expressed in bits per token, like fairseq's loss/nll_loss; others per token
     BASE2_KEYS = ("loss", "nll_loss", "ce_loss", "ctc_loss")
+    # sub-modules a checkpoint's criterion state may hold or lack: cif_hkd's distillation projections
+    # (each exists only when its weight is > 0), see load_state_dict
+    OPTIONAL_MODULES = ("acd_proj", "lrd_proj")
+    # fairseq_hkd.compat: the Trainer hands the checkpoint's criterion state to load_state_dict even
+    # when this criterion has no parameters (fairseq 0.12 would drop it without a word)
+    load_state_without_parameters = True
 
     def __init__(self, cfg: CifCriterionConfig, task):
         super().__init__(task)
@@ -70,6 +77,30 @@ class CifCriterion(FairseqCriterion):
         self.blank_idx = task.target_dictionary.bos()
         self.eos_idx = task.target_dictionary.eos()
         self.weights: Dict[str, float] = {"ce": cfg.ce_weight, "ctc": cfg.ctc_weight, "quantity": cfg.quantity_weight}
+
+    # 0. checkpoints ---------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
+        """fairseq's Trainer loads ``state["criterion"]`` strictly (None when the checkpoint's
+        criterion had no parameters). The distillation projections may differ between runs, as
+        when cif_hkd starts from a cif checkpoint (``--finetune-from-model``, or ``--restore-file``
+        with ``--reset-optimizer``) or cif from a cif_hkd one: a projection this criterion has and
+        the checkpoint lacks keeps its fresh initialisation, one the checkpoint has and this
+        criterion lacks is dropped; each case is logged. Everything else loads strictly (a
+        projection of another shape, e.g. from a teacher of another width, is an error)."""
+        state = dict(state_dict or {})
+        own = [m for m in self.OPTIONAL_MODULES if getattr(self, m, None) is not None]
+        saved = [m for m in self.OPTIONAL_MODULES if any(k.startswith(m + ".") for k in state)]
+        fresh = [m for m in own if m not in saved]
+        dropped = [m for m in saved if m not in own]
+        if fresh:
+            logger.info(f"criterion {self.NAME}: the checkpoint has no {', '.join(fresh)} (it was trained with "
+                        f"another criterion or distillation weights): starting from a fresh initialisation")
+            state.update({k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in fresh})
+        if dropped:
+            logger.info(f"criterion {self.NAME}: dropping the checkpoint's {', '.join(dropped)} (cif_hkd's "
+                        f"distillation projections; this criterion has none)")
+            state = {k: v for k, v in state.items() if k.split(".", 1)[0] not in dropped}
+        return super().load_state_dict(state, strict, *args, **kwargs)
 
     # 1. the terms -----------------------------------------------------------------------------
     def compute_terms(self, model, sample) -> Tuple[Dict[str, torch.Tensor], Dict[str, object], Dict[str, object]]:

@@ -60,6 +60,8 @@ class CifHkdCriterionConfig(CifCriterionConfig):
 
 @register_criterion("cif_hkd", dataclass=CifHkdCriterionConfig)
 class CifHkdCriterion(CifCriterion):
+    NAME = "cif_hkd"
+
     def __init__(self, cfg: CifHkdCriterionConfig, task):
         super().__init__(cfg, task)
         for name in ("acd_weight", "lrd_weight"):
