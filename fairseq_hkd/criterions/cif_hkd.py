@@ -40,6 +40,7 @@ from fairseq.dataclass import ChoiceEnum
 
 from fairseq_hkd.criterions import losses
 from fairseq_hkd.criterions.cif import CifCriterion, CifCriterionConfig, _ratio
+from fairseq_hkd.tasks.cif_asr import StudentDims
 
 __all__ = ["CifHkdCriterion", "CifHkdCriterionConfig"]
 
@@ -72,19 +73,17 @@ class CifHkdCriterion(CifCriterion):
         self.weights.update(acd=cfg.acd_weight, lrd=cfg.lrd_weight)
         self.acd_proj = self.lrd_proj = None
         if cfg.acd_weight > 0 or cfg.lrd_weight > 0:
-            teacher_dim = getattr(task, "teacher_dim", None)
+            teacher_dim = task.teacher_dim  # the task <-> criterion contract: docs/DESIGN.md, CifAsrTask
             if not teacher_dim:
                 raise ValueError(
                     "criterion cif_hkd needs teacher states, but the task found no teacher store for the "
                     "training split: run fairseq-hkd-extract-teacher for every split (or pass --teacher-dir), "
                     "or use --criterion cif")
-            dims = getattr(task, "student_dims", None)
-            if not dims:
-                raise ValueError("criterion cif_hkd: build the model before the criterion (task.student_dims unset)")
+            dims = StudentDims.of(task, "cif_hkd")  # ValueError when the model was not built first
             if cfg.acd_weight > 0:
-                self.acd_proj = nn.Linear(dims["cif"], teacher_dim)      # c_i [.., C] -> [.., D]
+                self.acd_proj = nn.Linear(dims.cif, teacher_dim)      # c_i [.., C] -> [.., D]
             if cfg.lrd_weight > 0:
-                self.lrd_proj = nn.Linear(dims["decoder"], teacher_dim)  # s_i [.., C'] -> [.., D]
+                self.lrd_proj = nn.Linear(dims.decoder, teacher_dim)  # s_i [.., C'] -> [.., D]
 
     def compute_terms(self, model, sample):
         terms, net_output, stats = super().compute_terms(model, sample)

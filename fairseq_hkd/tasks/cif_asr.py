@@ -17,7 +17,7 @@ Usage::
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -119,8 +119,57 @@ class CifAsrConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
+MODEL_FIRST = ("build the model before the criterion: task.build_model(cfg.model), then "
+               "task.build_criterion(cfg.criterion), the order fairseq-train and fairseq-validate use")
+
+
+@dataclass(frozen=True)
+class StudentDims:
+    """Widths of the student states that a distillation criterion projects to the teacher width,
+    recorded by :meth:`CifAsrTask.build_model` as ``task.student_dims``."""
+
+    cif: int      # C: the CIF embeddings c_i (the encoder width), cif_hkd's ACD input
+    decoder: int  # C': the decoder's pre-final states s_i, cif_hkd's LRD input
+
+    def __post_init__(self):
+        for name in ("cif", "decoder"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"StudentDims.{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def of(cls, task, criterion: str) -> "StudentDims":
+        """``task.student_dims`` for ``criterion`` (its name, for the message). A mapping
+        ``{"cif": C, "decoder": C'}`` (stand-in tasks in tests and benchmarks) is accepted; unset
+        (None or missing) means the criterion is being built before the model: a ValueError saying so."""
+        dims = getattr(task, "student_dims", None)
+        if dims is None:
+            raise ValueError(f"criterion {criterion} needs the student model's widths (task.student_dims is unset): "
+                             + MODEL_FIRST)
+        if isinstance(dims, StudentDims):
+            return dims
+        if isinstance(dims, Mapping) and set(dims) == {"cif", "decoder"}:
+            return cls(int(dims["cif"]), int(dims["decoder"]))
+        raise TypeError(f"task.student_dims must be a StudentDims, got {dims!r}")
+
+
 @register_task("cif_asr", dataclass=CifAsrConfig)
 class CifAsrTask(FairseqTask):
+    """Speech recognition on a manifest data directory (see the module docstring).
+
+    Contract with the criterions (``cif``, ``cif_hkd``; docs/DESIGN.md, "Task <-> criterion"),
+    established in fairseq's build order, model first:
+
+    1. :meth:`build_model` records ``student_dims`` (:class:`StudentDims`, the cif_hkd projections'
+       input widths) and ``encoder_output_lengths`` (the model's frames -> encoder frames map);
+    2. :meth:`build_criterion` requires step 1 (a ValueError naming the order otherwise) and sets
+       ``teacher_forced``: from then on :meth:`filter_indices_by_size` also drops utterances whose
+       target is longer than the encoder output, whose teacher-forced losses cannot be computed;
+    3. the criterion reads ``target_dictionary``, and cif_hkd ``teacher_dim`` (the width D of the
+       training split's teacher states, None without a store; known before any split is loaded)
+       and ``StudentDims.of(task, ...)``.
+    """
+
     cfg: CifAsrConfig
 
     def __init__(self, cfg: CifAsrConfig, tgt_dict: Dictionary, units: Units):
@@ -129,8 +178,10 @@ class CifAsrTask(FairseqTask):
         self.units = units
         self._teacher_dim: Optional[int] = None
         self._teacher_identity: Optional[dict] = None
-        self.student_dims: Optional[dict] = None  # set by build_model
-        self.encoder_output_lengths = None  # set by build_model: src_lengths [B] -> encoder frames [B]
+        # the contract with the criterions (class docstring)
+        self.model_built = False  # set by build_model
+        self.student_dims: Optional[StudentDims] = None  # set by build_model
+        self.encoder_output_lengths: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # set by build_model
         self.teacher_forced = False  # set by build_criterion: losses need S <= encoder frames
         self._use_bf16: Optional[bool] = None  # decided at the first training step (--autocast-bf16)
         specaug = SpecAugmentConfig(
@@ -306,17 +357,23 @@ class CifAsrTask(FairseqTask):
 
     # model / generation -------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint: bool = False):
-        """Build the model and record what criterions need from it: ``student_dims`` = widths of the
-        CIF embeddings and of the decoder's pre-final states (the cif_hkd projections' inputs)."""
+        """Build the model and record what criterions need from it (step 1 of the contract in the
+        class docstring): ``student_dims``, the widths of the CIF embeddings and of the decoder's
+        pre-final states (the cif_hkd projections' inputs; None for a model without them), and
+        ``encoder_output_lengths``."""
         model = super().build_model(cfg, from_checkpoint)
         enc, dec = getattr(model, "encoder_embed_dim", None), getattr(model, "decoder_embed_dim", None)
-        self.student_dims = {"cif": int(enc), "decoder": int(dec)} if enc and dec else None
+        self.student_dims = StudentDims(int(enc), int(dec)) if enc and dec else None
         self.encoder_output_lengths = getattr(model, "encoder_output_lengths", None)
+        self.model_built = True
         return model
 
     def build_criterion(self, cfg, from_checkpoint: bool = False):
-        """fairseq's criterion; marks the task as computing teacher-forced losses, so that
-        filter_indices_by_size also drops targets longer than the encoder output."""
+        """fairseq's criterion (step 2 of the contract): needs the model built first, and marks the
+        task as computing teacher-forced losses, so that filter_indices_by_size also drops targets
+        longer than the encoder output."""
+        if not self.model_built:
+            raise ValueError(f"task cif_asr: {MODEL_FIRST} (the criterion and the length filter need the model's sizes)")
         self.teacher_forced = True
         return super().build_criterion(cfg, from_checkpoint)
 
