@@ -267,3 +267,35 @@ def test_architectures_sizes():
     assert tiny.encoder_layers == 3 and tiny.encoder_embed_dim == 144 and tiny.cif_threshold == 1.0
     libri = arch_config("cif_conformer_librispeech")
     assert libri.encoder_embed_dim == 512 and libri.encoder_pool_after == "8"
+
+
+def test_encoder_input_scale_sqrt_d_multiplies_the_first_layer_input_by_sqrt_d():
+    """--encoder-input-scale sqrt_d (fairseq's S2T conformer) against none: the same parameters, and
+    the first conformer layer's input is exactly sqrt(D) times as large (D = 20: an irrational
+    factor), on every frame."""
+    import math
+
+    from fairseq import options
+
+    d = 20
+    plain = small_model(encoder_embed_dim=d).eval()
+    scaled = small_model(encoder_embed_dim=d, encoder_input_scale="sqrt_d").eval()
+    assert plain.cfg.encoder_input_scale == "none" and scaled.cfg.encoder_input_scale == "sqrt_d"
+    a, b = plain.state_dict(), scaled.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # no parameter added
+    x, lengths = padded_batch([37, 20])
+    layer1_inputs = []
+    for model in (plain, scaled):
+        hook = model.encoder.layers[0].register_forward_pre_hook(
+            lambda module, args: layer1_inputs.append(args[0].detach().clone()))
+        with torch.no_grad():
+            model.forward_encoder(x, lengths)
+        hook.remove()
+    x_plain, x_scaled = layer1_inputs
+    assert x_plain.shape == (10, 2, d) and x_plain.abs().max() > 0
+    assert torch.equal(x_scaled, x_plain * math.sqrt(d))
+    # the option on fairseq's command line, default none
+    for argv, expected in (([], "none"), (["--encoder-input-scale", "sqrt_d"], "sqrt_d")):
+        args = options.parse_args_and_arch(options.get_training_parser(), [
+            "DATA", "--task", "cif_asr", "--arch", "cif_conformer_paper", "--criterion", "cif", *argv])
+        assert args.encoder_input_scale == expected

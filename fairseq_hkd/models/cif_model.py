@@ -64,6 +64,10 @@ class CifModelConfig(FairseqDataclass):
         default="5,10",
         metadata={"help": "comma-separated 1-based conformer layers followed by max-pooling x2 over time "
                           "('' = no pooling); total downsampling is 2^(subsample_layers + pools)"})
+    encoder_input_scale: ChoiceEnum(["none", "sqrt_d"]) = field(
+        default="none",
+        metadata={"help": "multiply the subsampled input by sqrt(D) before the first conformer layer "
+                          "(sqrt_d, as fairseq's S2T conformer, which the authors trained) or not (none)"})
     dropout: float = field(default=0.1, metadata={"help": "encoder dropout"})
     max_source_positions: int = field(default=3000, metadata={"help": "initial relative-position table size"})
     dropout_impl: ChoiceEnum(["packed", "torch"]) = field(
@@ -124,7 +128,8 @@ class CifModel(BaseFairseqModel):
         encoder = ConformerEncoder(
             cfg.input_feat_dim, cfg.subsample_channels, cfg.subsample_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim,
             cfg.encoder_attention_heads, cfg.encoder_layers, cfg.depthwise_conv_kernel_size,
-            parse_pool_after(cfg.encoder_pool_after), cfg.dropout, cfg.max_source_positions)
+            parse_pool_after(cfg.encoder_pool_after), cfg.dropout, cfg.max_source_positions,
+            input_scale=cfg.encoder_embed_dim ** 0.5 if getattr(cfg, "encoder_input_scale", "none") == "sqrt_d" else 1.0)
         ctc_proj = nn.Linear(cfg.encoder_embed_dim, len(tgt_dict))
         cif = CifMiddleware(cfg.encoder_embed_dim, cfg.cif_conv_kernel, cfg.cif_dropout, cfg.cif_threshold,
                             cfg.cif_tail_threshold)

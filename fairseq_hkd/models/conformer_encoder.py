@@ -5,7 +5,7 @@ Shapes: B batch, T input frames, T' output frames, F feature dim, D model dim.
 
 Built from fairseq's ``ConformerEncoderLayer`` (macaron FFN, ESPnet relative-position attention, depthwise
 convolution, pre-LN) and ``RelPositionalEncoding``, plus our :class:`Conv2dSubsampler`.
-Departures, all about padding and lengths:
+Departures (the first two about padding and lengths):
 
 * fairseq's ``Conv2dSubsampler`` has a fixed two layers, derives output lengths from a rounded
   global ratio (wrong for short batches) and lets a first conv's output at padded frames
@@ -17,6 +17,8 @@ Departures, all about padding and lengths:
   frames before the depthwise conv (as ESPnet and WeNet do); with that, encoding an utterance alone
   or inside a padded batch gives the same output (in eval mode; BatchNorm statistics still see the
   zeros in training).
+* fairseq's S2T conformer multiplies the subsampled input by sqrt(D) before the layers; ours does
+  so only with ``input_scale`` = sqrt(D) (``--encoder-input-scale sqrt_d``; default 1.0).
 """
 from typing import Dict, List, Optional
 
@@ -137,12 +139,17 @@ class ConformerEncoder(nn.Module):
         pool_after: 1-based layer indices followed by MaxPool1d(2) over time (e.g. [5, 10]).
         dropout: dropout in the layers and after the subsampler.
         max_positions: initial size of the relative position table (grows on demand).
+        input_scale: factor on the subsampler's output before the first layer: 1.0, or sqrt(D) as in
+            fairseq's S2T conformer (``--encoder-input-scale sqrt_d``).
     """
 
     def __init__(self, input_dim: int, conv_channels: int, conv_layers: int, embed_dim: int, ffn_embed_dim: int,
                  attention_heads: int, layers: int, depthwise_kernel: int, pool_after: List[int],
-                 dropout: float, max_positions: int = 3000):
+                 dropout: float, max_positions: int = 3000, input_scale: float = 1.0):
         super().__init__()
+        if not input_scale > 0:
+            raise ValueError(f"the encoder's input scale must be positive, got {input_scale}")
+        self.input_scale = float(input_scale)
         bad = [i for i in pool_after if not 1 <= i <= layers]
         if bad:
             raise ValueError(f"pool_after={pool_after}: indices {bad} are outside 1..{layers}")
@@ -183,6 +190,8 @@ class ConformerEncoder(nn.Module):
             raise ValueError(f"expected fbank features [B, T, F], got shape {tuple(src_tokens.shape)}")
         x, lengths = self.subsample(src_tokens, src_lengths)  # [T', B, D]
         padding_mask = lengths_to_padding_mask(lengths, x.size(0))
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         x = self.dropout(x)
         pos_emb = self.embed_positions(x)
         for i, layer in enumerate(self.layers, start=1):
