@@ -47,7 +47,8 @@ class CifCriterionConfig(FairseqDataclass):
         default="error",
         metadata={"help": "a NaN/inf loss term: stop with an error naming the term and utterances, or skip the "
                           "batch (zero loss and gradients, a warning with the utterance ids, counted in the "
-                          "log as nonfinite_skipped; e.g. for occasional fp16 overflow)"},
+                          "log as nonfinite_skipped). A float16 forward pass that overflows takes fairseq's fp16 "
+                          "overflow path instead in both modes (update skipped, loss scale lowered)"},
     )
     sentence_avg: bool = II("optimization.sentence_avg")
 
