@@ -134,3 +134,21 @@ def test_task_autocast_modes(monkeypatch):
             assert torch.is_autocast_cpu_enabled() == expected, mode
             if expected:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
+def test_amp_optimizer_keeps_fairseqs_cuda_autocast():
+    """--amp: the task's train_step must keep fairseq's CUDA fp16 autocast (FairseqTask.train_step
+    enables it for an AMPOptimizer); overriding train_step once dropped it."""
+    from types import SimpleNamespace
+
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    from fairseq_hkd.tasks.cif_asr import CifAsrTask
+
+    task = CifAsrTask.__new__(CifAsrTask)
+    task.cfg, task._use_bf16 = SimpleNamespace(autocast_bf16="no"), None
+    amp = AMPOptimizer.__new__(AMPOptimizer)
+    ctx = task.training_autocast(small_model(), amp)
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.float16
+    assert not task.training_autocast(small_model(), None)._enabled

@@ -321,7 +321,7 @@ class CifAsrTask(FairseqTask):
         sample = self.augment(sample, update_num)
         model.train()
         model.set_num_updates(update_num)
-        with torch.autograd.profiler.record_function("forward"), self.training_autocast(model):
+        with torch.autograd.profiler.record_function("forward"), self.training_autocast(model, optimizer):
             loss, sample_size, logging_output = criterion(model, sample)
         if ignore_grad:
             loss *= 0
@@ -329,9 +329,14 @@ class CifAsrTask(FairseqTask):
             optimizer.backward(loss)
         return loss, sample_size, logging_output
 
-    def training_autocast(self, model):
-        """The autocast context of a training forward pass: bf16 on CPU per ``--autocast-bf16``,
-        otherwise a no-op (fairseq's own --fp16/--bf16 handle GPUs)."""
+    def training_autocast(self, model, optimizer=None):
+        """The autocast context of a training forward pass: fairseq's own CUDA autocast under
+        ``--amp`` (as FairseqTask.train_step does), bf16 on CPU per ``--autocast-bf16``, otherwise a
+        no-op (fairseq's --fp16/--bf16 cast the model instead)."""
+        from fairseq.optim.amp_optimizer import AMPOptimizer
+
+        if isinstance(optimizer, AMPOptimizer):
+            return torch.autocast("cuda", dtype=torch.float16)
         on_cpu = next(model.parameters()).device.type == "cpu"
         if self._use_bf16 is None:
             mode = self.cfg.autocast_bf16
