@@ -94,11 +94,14 @@ def test_plot_command_and_manifest_scoring(trained_cif, tmp_path, capsys):
     assert sorted(p.name for p in plots.iterdir()) == sorted(f"{e.id}.png" for e in entries)
 
 
-def test_plot_requires_dir(trained_cif):
+def test_plot_requires_dir(trained_cif, capsys):
     from fairseq_hkd.generation.plot import cli_main
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(["--path", str(trained_cif.ckpt), "x.wav"])
+    assert exit_info.value.code == 2  # argparse's usage error, not a crash
+    err = capsys.readouterr().err
+    assert "fairseq-hkd-plot" in err and "--plot" in err and "required" in err, err
 
 
 def test_moved_data_dir_is_named(trained_cif, tmp_path):
