@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One run's summary as a small text file (for examples/synth/results/): WER per split, the last
+# heldout validation line's fire-count accuracy and teacher-forced token error, updates, training
+# wall time, commit and the training command.
+#
+# Usage:
+#   examples/synth/summarize.sh --exp exp/synth/cif --out examples/synth/results/cif-s1.txt
+#
+# Reads EXP/train.log (fairseq-train's log, as train.sh writes it) and EXP/wer-summary-*.txt
+# (decode.sh); prints the summary and writes it to --out when given.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+exp=$REPO/exp/synth/cif
+out=""
+commit=""   # the commit the run trained at (default: this checkout's)
+
+. "$REPO/examples/common.sh"
+parse_options "$@"  # --some-name VALUE sets some_name
+log=$exp/train.log
+[ -f "$log" ] || { echo "$0: no training log $log (run train.sh first)" >&2; exit 2; }
+[ -n "$commit" ] || commit=$(git -C "$REPO" rev-parse --short HEAD)
+
+field() {  # field NAME: the value of "NAME v" in the last heldout validation line
+  grep -E "\| heldout \| .*valid on" "$log" | tail -n 1 | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"
+}
+summary() {
+  echo "run: $exp"
+  echo "commit: $commit"
+  for f in "$exp"/wer-summary-*.txt; do
+    [ -f "$f" ] || continue
+    name=$(basename "$f" .txt); echo "WER ${name#wer-summary-}: $(cat "$f")"
+  done
+  echo "heldout fire_acc: $(field fire_acc)"
+  echo "heldout tf_ter: $(field tf_ter)"
+  echo "heldout acd_acc: $(field acd_acc)"
+  echo "updates: $(field num_updates)"
+  echo "train wall s: $(grep -E "\| train \| " "$log" | tail -n 1 | sed -n 's/.*| wall \([0-9]*\).*/\1/p')"
+  echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
+}
+if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; summary | tee "$out"; else summary; fi
