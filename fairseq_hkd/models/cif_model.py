@@ -73,8 +73,9 @@ class CifModelConfig(FairseqDataclass):
     dropout_impl: ChoiceEnum(["packed", "torch"]) = field(
         default="torch",
         metadata={"help": "dropout masks on CPU: packed (three masks per 64-bit random draw, p rounded to "
-                          "1/65536; about 3x cheaper than torch's per-element Bernoulli draws) or torch's; "
-                          "GPUs always use torch's fused dropout"})
+                          "1/65536; mask generation alone is ~3x cheaper than torch's per-element Bernoulli "
+                          "draws, but full training steps showed no wall-clock gain on an AVX2 CPU, see "
+                          "BENCHMARKS.md) or torch's; GPUs always use torch's fused dropout"})
     # CIF
     cif_threshold: float = field(default=1.0, metadata={"help": "CIF firing threshold beta"})
     cif_tail_threshold: float = field(

@@ -3,8 +3,8 @@
 Shapes: any tensor x; the mask has x's shape.
 
 ``torch.nn.functional.dropout`` on CPU draws one Bernoulli sample per element (``bernoulli_``);
-on the 2-core development machine that was 12 % of a ``cif_tiny`` training step, more than all
-the layer norms. :class:`PackedDropout` fills ``ceil(n / 3)`` int64 words with ``random_()`` and
+torch.profiler put that at 12 % of a ``cif_tiny`` training step on the 2-core development machine
+(interleaved wall-clock steps there showed no gain from this module, though: BENCHMARKS.md). :class:`PackedDropout` fills ``ceil(n / 3)`` int64 words with ``random_()`` and
 reads the low 48 bits of each as three int16 values u, uniform over [-32768, 32767] (the top 16
 bits are not uniform: random_() draws from [0, 2^63)); element i is kept when
 ``u_i >= -32768 + round(p * 65536)``. So the drop probability is p rounded to a multiple of
