@@ -101,9 +101,9 @@ def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] 
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
     ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam``, ``nbest``,
-    ``print_alignment``, ``lm_path`` and ``lm_weight``. ``tail_threshold`` (None: the model's
-    ``cif_tail_threshold``) and ``eos_slack`` come from the task options ``--cif-tail-threshold``
-    and ``--cif-eos-slack``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
+    ``print_alignment``, ``lm_path`` and ``lm_weight``. ``tail_threshold``: None = the model's
+    ``cif_tail_threshold`` (fairseq-generate changes it with ``--model-overrides``); ``eos_slack``
+    comes from the task option ``--cif-eos-slack``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
     ``extra_gen_cls_kwargs["lm_model"]``); None with ``lm_path`` set: loaded here
     (``lm_fusion.load_lm``). ``dict_path``: the ASR dict.txt (named in dictionary errors).
     """
