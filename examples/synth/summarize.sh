@@ -36,6 +36,6 @@ summary() {
   echo "heldout acd_acc: $(field acd_acc)"
   echo "updates: $(field num_updates)"
   echo "train wall s: $(grep -E "\| train \| " "$log" | tail -n 1 | sed -n 's/.*| wall \([0-9]*\).*/\1/p')"
-  echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
+  echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
 }
 if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; summary | tee "$out"; else summary; fi

@@ -67,7 +67,10 @@ class CifModelConfig(FairseqDataclass):
     encoder_input_scale: ChoiceEnum(["none", "sqrt_d"]) = field(
         default="none",
         metadata={"help": "multiply the subsampled input by sqrt(D) before the first conformer layer "
-                          "(sqrt_d, as fairseq's S2T conformer, which the authors trained) or not (none)"})
+                          "(sqrt_d, as fairseq's S2T conformer, which the authors trained) or not (none). "
+                          "Every recipe uses sqrt_d (synthesized demo, heldout at 800 updates: WER 48.5 vs "
+                          "80.3); the default stays none so that checkpoints trained before the option "
+                          "existed (which have no value for it) load unchanged"})
     dropout: float = field(default=0.1, metadata={"help": "encoder dropout"})
     max_source_positions: int = field(default=3000, metadata={"help": "initial relative-position table size"})
     dropout_impl: ChoiceEnum(["packed", "torch"]) = field(

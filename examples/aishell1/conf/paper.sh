@@ -4,6 +4,7 @@
 # fp16, SpecAugment 2 x F=27, 2 x T=50. Sourced by train.sh with $ngpu set.
 model_args=(
   --arch cif_conformer_paper
+  --encoder-input-scale sqrt_d  # as fairseq's S2T conformer, which the authors trained
 )
 specaug_args=(
   --spec-aug-freq-masks 2 --spec-aug-freq-width 27 --spec-aug-time-masks 2 --spec-aug-time-width 50

@@ -5,4 +5,5 @@
 . "$REPO/examples/aishell1/conf/paper.sh"
 model_args=(
   --arch cif_conformer_librispeech
+  --encoder-input-scale sqrt_d  # as fairseq's S2T conformer, which the authors trained
 )
