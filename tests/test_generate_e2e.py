@@ -112,7 +112,8 @@ def test_stock_command_reproduces_training_transcripts(trained_cif, venv_bin, tm
 
 
 def greedy_reference(model, tgt_dict, src, src_len):
-    """A plain greedy loop over one utterance: decoder re-run on the whole prefix every step."""
+    """A plain greedy loop over one utterance: decoder re-run on the whole prefix every step, one
+    step per CIF token, </s> allowed only at the last step (the search's rule, eos slack 0)."""
     enc = model.forward_encoder(src, src_len)
     _, cif = model.forward_cif(enc)
     n = int(cif.lengths[0])
@@ -121,11 +122,11 @@ def greedy_reference(model, tgt_dict, src, src_len):
         logits, _ = model.decoder(torch.tensor([prefix]), cif.embeddings[:, : i + 1], None)
         lp = torch.log_softmax(logits[0, -1].double(), -1)
         lp[tgt_dict.bos()] = lp[tgt_dict.pad()] = -math.inf
+        if i < n - 1:
+            lp[tgt_dict.eos()] = -math.inf
         tok = int(lp.argmax())
         prefix.append(tok)
         score += float(lp[tok])
-        if tok == tgt_dict.eos():
-            break
     return prefix[1:], score
 
 
