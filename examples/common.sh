@@ -17,15 +17,15 @@ parse_options() {
 }
 
 # run_stage N "description" command...: run the command when stage <= N <= stop_stage, unless
-# $data/.stageN.done says it ran before; write that marker when it succeeds. Uses the script's
-# $stage, $stop_stage, $data and log().
+# MARKS/.stageN.done says it ran before; write that marker when it succeeds. MARKS is $stage_dir
+# when set (`stage_dir=$lm run_stage ...`), else $data. Uses the script's $stage, $stop_stage and log().
 run_stage() {
-  local n=$1 what=$2; shift 2
+  local n=$1 what=$2 marks=${stage_dir:-$data}; shift 2
   if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    if [ -f "$data/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
+    if [ -f "$marks/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
     log "stage $n: $what"
     "$@"
-    touch "$data/.stage$n.done"
+    touch "$marks/.stage$n.done"
   fi
 }
 

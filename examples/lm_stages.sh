@@ -5,15 +5,7 @@
 # $stop_stage, $task_args, $REPO and log(); stage markers go to $lm/.stageN.done.
 mkdir -p "$lm"
 
-lm_stage() {  # lm_stage N "description" command...: like run_stage, with the markers in $lm
-  local n=$1 what=$2; shift 2
-  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    if [ -f "$lm/.stage$n.done" ]; then log "stage $n ($what): done before, skipped"; return; fi
-    log "stage $n: $what"
-    "$@"
-    touch "$lm/.stage$n.done"
-  fi
-}
+lm_stage() { stage_dir=$lm run_stage "$@"; }  # run_stage (examples/common.sh), markers in $lm
 
 unit_text() {
   local text_args=(--manifest "$data/$train_split.tsv")
