@@ -2,19 +2,30 @@
 
 Usage::
 
-    fairseq-hkd-transcribe --path exp/checkpoint_avg10.pt a.wav b.flac
+    fairseq-hkd-transcribe --path exp/checkpoint_avg10.pt a.wav b.flac recordings/
     fairseq-hkd-transcribe --path ckpt.pt --manifest data/test.tsv --beam 10 --batch-size 16 \\
         --timestamps --plot plots/ --output test.hyp.tsv
+    find talks -name '*.flac' | fairseq-hkd-transcribe --path ckpt.pt --list - --format srt --output-dir subs/
 
-One line per file, in input order: ``ID<TAB>TEXT``; with ``--timestamps`` a third field lists
-every emitted unit with its time in seconds, ``SYMBOL:TIME`` separated by spaces (split on the
-last colon). A unit's time is the centre of the encoder frame whose CIF weight completed it
+Inputs (``inputs.py``): files, folders (recursive, the extensions libsndfile reads), ``--manifest``,
+``--list FILE`` (``-``: stdin). Files longer than ``--max-segment`` seconds are read in blocks and
+split at pauses by Silero VAD (``segments.py``, ``vad.py``) into segments decoded in batches with the
+other files' (``pipeline.py``); the text is joined and times are offset to the file. A file that
+cannot be read, is empty or too short gives one ``ERROR`` line naming it and why; the others are
+transcribed and the exit status is 1, with the count of failures in the summary.
+
+Outputs (``formats.py``): ``--format tsv`` (default): one line per file, in input order,
+``ID<TAB>TEXT``; with ``--timestamps`` a third field lists every emitted unit with its time in seconds,
+``SYMBOL:TIME`` separated by spaces (split on the last colon). ``text``, ``json`` (per-token times and
+scores, per-word times, segments) and ``srt`` / ``vtt`` subtitles, to one stream or per file with
+``--output-dir``. A unit's time is the centre of the encoder frame whose CIF weight completed it
 (encoder frame = model downsampling x 10 ms fbank shift; the first fbank frame is centred at
-12.5 ms), clipped to the audio's duration. IDs are the manifest ids, or the file names without
-extension. With a manifest the summary line also reports WER/CER against its transcripts, normalised
-as the units normalise text (``Units.normalise``: for WordPiece the tokenizer's lower-casing and accent
-stripping), the references fairseq-generate scores (same WER on the same checkpoint and data; see
-data/units.py for unknown units and data/wordpiece_join.py for the few WordPiece spellings that differ).
+12.5 ms), clipped to its segment. IDs are the manifest ids, the file names without extension, or
+for a folder the paths below it without extension. With a manifest the summary line also reports
+WER/CER against its transcripts, normalised as the units normalise text (``Units.normalise``: for
+WordPiece the tokenizer's lower-casing and accent stripping), the references fairseq-generate scores
+(same WER on the same checkpoint and data; see data/units.py for unknown units and
+data/wordpiece_join.py for the few WordPiece spellings that differ).
 Only INFO lines of this package reach the console (matplotlib/PIL DEBUG chatter is silenced).
 
 The checkpoint's task config names its data directory (``dict.txt``, ``cmvn.npz`` for global CMVN,
@@ -24,8 +35,11 @@ Python::
 
     from fairseq_hkd.generation.transcribe import Recognizer
     rec = Recognizer.from_checkpoint("ckpt.pt", beam=10)
-    for t in rec.transcribe(["a.wav", "b.flac"], timestamps=True):
-        print(t.utt_id, t.text, t.token_times)
+    for r in rec.iter_transcribe(["a.wav", "talks/"]):
+        if r.ok:
+            print(r.utt_id, r.text, [(s.start, s.end, s.text) for s in r.segments])
+        else:
+            print("failed:", r.line())
 """
 from __future__ import annotations
 
@@ -34,61 +48,34 @@ import json
 import logging
 import os
 import sys
-import time
-from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from fairseq_hkd.data.audio import AudioError
+from fairseq_hkd.generation.formats import FORMATS, SUBTITLES, OutputWriter
+from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs, file_id
+from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
+from fairseq_hkd.generation.progress import Progress
+from fairseq_hkd.generation.results import FileError, Transcript, word_spans
+from fairseq_hkd.generation.segments import SegmenterConfig
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recognizer", "Transcript", "AudioItem", "cli_main"]
+__all__ = ["Recognizer", "Transcript", "FileError", "AudioItem", "cli_main"]
 
 LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
-CHUNK_BATCHES = 16  # files are read and length-sorted this many batches at a time
-
-
-@dataclass(frozen=True)
-class AudioItem:
-    utt_id: str
-    audio: str
-    reference: Optional[str] = None
-
-
-@dataclass
-class Transcript:
-    """One file's result.
-
-    symbols: emitted unit symbols (without </s>); token_times: seconds per symbol (with
-    ``timestamps``); n_fires: CIF tokens (fires + tail), the number of decoder steps;
-    reference: the manifest transcript as scored (``Units.normalise``), None without one.
-    """
-
-    utt_id: str
-    audio: str
-    text: str
-    symbols: List[str]
-    score: float
-    duration: float
-    n_fires: int
-    token_times: Optional[List[float]] = None
-    reference: Optional[str] = None
-    plot: Optional[str] = None
-
-    def line(self) -> str:
-        fields = [self.utt_id, self.text]
-        if self.token_times is not None:
-            fields.append(" ".join(f"{s}:{t:.2f}" for s, t in zip(self.symbols, self.token_times)))
-        return "\t".join(fields)
 
 
 class Recognizer:
-    """A loaded CIF model + its task (dictionary, units, feature settings) + a CIF generator."""
+    """A loaded CIF model + its task (dictionary, units, feature settings) + a CIF generator, and the
+    pipeline that feeds it files (long ones split at pauses)."""
 
     def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
-                 lm_weight: float = 0.0):
-        """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py)."""
+                 lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None):
+        """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py);
+        segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py)."""
         from fairseq_hkd.data.cmvn import build_cmvn
         from fairseq_hkd.generation.cif_generator import CifGenerator
 
@@ -102,15 +89,18 @@ class Recognizer:
         cfg = task.cfg
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
         self.downsample = int(model.encoder.downsample)
+        self.segmenter = segmenter or SegmenterConfig()
+        self._vad = None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, beam: int = 10, cpu: bool = False,
                         model_overrides: Optional[dict] = None, lm_path: Optional[str] = None,
-                        lm_weight: float = 0.0) -> "Recognizer":
+                        lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None) -> "Recognizer":
         """Load ``path`` with fairseq's checkpoint_utils. ``data``: the data directory with dict.txt
         (default: the one the checkpoint was trained on); ``model_overrides``: e.g.
         ``{"cif_tail_threshold": 0.4}``; ``lm_path``, ``lm_weight``: shallow fusion as
-        ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``)."""
+        ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``);
+        ``segmenter``: see :class:`SegmenterConfig`."""
         from fairseq import checkpoint_utils
 
         import fairseq_hkd  # noqa: F401  (registers the task and model; compat shims for torch.load)
@@ -141,7 +131,8 @@ class Recognizer:
             lm_model = load_lm(lm_path, task.units.dict_path, task.target_dictionary)
             if lm_weight == 0.0:
                 logger.warning(f"--lm-path {lm_path} with --lm-weight 0: the language model is not used")
-        return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight)
+        return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight,
+                   segmenter=segmenter)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
@@ -150,53 +141,76 @@ class Recognizer:
 
         return np.ascontiguousarray(self.cmvn(fbank(wav)), dtype=np.float32)
 
-    def read(self, item: AudioItem) -> Tuple[np.ndarray, float]:
-        from fairseq_hkd.data.audio import SAMPLE_RATE, read_audio
+    @property
+    def min_samples(self) -> int:
+        """The shortest audio the model accepts (``--min-source-frames`` fbank frames), in samples."""
+        from fairseq_hkd.data.fbank import FRAME_LENGTH_MS, FRAME_SHIFT_MS
 
-        cfg = self.task.cfg
-        wav = read_audio(item.audio, where=item.utt_id, strict_sample_rate=cfg.strict_sample_rate,
-                         multichannel=cfg.multichannel)
-        feats = self.features(wav)
-        if feats.shape[0] < cfg.min_source_frames:
-            raise ValueError(f"{item.audio}: {len(wav) / SAMPLE_RATE:.3f} s of audio gives {feats.shape[0]} fbank "
-                             f"frames, fewer than the model's minimum {cfg.min_source_frames}")
-        return feats, len(wav) / SAMPLE_RATE
+        frames = int(self.task.cfg.min_source_frames)
+        return int((FRAME_LENGTH_MS + (frames - 1) * FRAME_SHIFT_MS) * 16)
+
+    def vad(self):
+        """The Silero VAD (loaded on the first file longer than ``segmenter.max_segment_s``)."""
+        if self._vad is None:
+            from fairseq_hkd.generation.vad import SileroVad
+
+            self._vad = SileroVad()
+        return self._vad
 
     # ------------------------------------------------------------------ decoding
     def transcribe(self, items: Iterable[Union[str, AudioItem]], batch_size: int = 8, timestamps: bool = False,
                    plot_dir: Optional[str] = None, progress: bool = False) -> List[Transcript]:
-        """Transcribe files (paths or AudioItems); results in input order."""
-        return list(self.iter_transcribe(items, batch_size, timestamps, plot_dir, progress))
+        """Transcribe files (paths or AudioItems); results in input order. Raises ``AudioError`` for
+        the first file that cannot be transcribed (:meth:`iter_transcribe` yields it instead)."""
+        out = []
+        for r in self.iter_transcribe(items, batch_size, timestamps, plot_dir, progress):
+            if not r.ok:
+                raise AudioError(r.line())
+            out.append(r)
+        return out
 
     def iter_transcribe(self, items: Iterable[Union[str, AudioItem]], batch_size: int = 8, timestamps: bool = False,
-                        plot_dir: Optional[str] = None, progress: bool = False) -> Iterator[Transcript]:
-        """Like :meth:`transcribe`, yielding results (in input order) as chunks finish."""
-        items = [it if isinstance(it, AudioItem) else AudioItem(_file_id(it), it) for it in items]
-        bar = None
-        if progress:
-            from tqdm import tqdm
+                        plot_dir: Optional[str] = None, progress: Union[bool, Progress] = False,
+                        on_audio: Optional[callable] = None) -> Iterator[Union[Transcript, FileError]]:
+        """Yield one :class:`Transcript` or :class:`FileError` (``.ok`` tells which) per file, in
+        input order, as soon as each is done. ``items``: paths (files; a folder gives its audio files)
+        or AudioItems. ``timestamps``: fill ``Transcript.token_times`` (segments always carry times).
+        ``plot_dir``: one alignment PNG per file decoded whole. ``progress``: a tqdm bar (True) or the
+        caller's :class:`Progress`, which it keeps open. ``on_audio(seconds)`` after each batch."""
+        todo: List[AudioItem] = []
+        for it in items:
+            todo += [it] if isinstance(it, AudioItem) else collect_inputs([it])
+        bar = progress if isinstance(progress, Progress) else (Progress(todo) if progress else None)
+        cfg = PipelineConfig(batch_size=batch_size, min_samples=self.min_samples, segmenter=self.segmenter,
+                             strict_sample_rate=self.task.cfg.strict_sample_rate,
+                             multichannel=self.task.cfg.multichannel)
 
-            bar = tqdm(total=len(items), unit="file", file=sys.stderr)
-        chunk = batch_size * CHUNK_BATCHES
-        for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
-            loaded = [self.read(it) for it in part]
-            order = sorted(range(len(part)), key=lambda i: -loaded[i][0].shape[0])
-            results: List[Optional[Transcript]] = [None] * len(part)
-            for b in range(0, len(order), batch_size):
-                idx = order[b : b + batch_size]
-                out = self._decode_batch([part[i] for i in idx], [loaded[i] for i in idx], timestamps, plot_dir)
-                for i, r in zip(idx, out):
-                    results[i] = r
+        def audio_done(seconds: float) -> None:
+            if bar is not None:
+                bar.update(seconds)
+            if on_audio is not None:
+                on_audio(seconds)
+
+        pipeline = TranscriptionPipeline(lambda its, pieces: self.decode_pieces(its, pieces, plot_dir), self.vad,
+                                         cfg, progress=audio_done)
+        try:
+            for r in pipeline.run(todo):
+                if r.ok:
+                    r.reference = None if r.reference is None else self.task.units.normalise(r.reference)
+                    if not timestamps:
+                        r.token_times = None
                 if bar is not None:
-                    bar.update(len(idx))
-            yield from results
-        if bar is not None:
-            bar.close()
+                    bar.done(r.ok, r.duration if r.ok else 0.0)
+                yield r
+        finally:
+            if bar is not None and bar is not progress:
+                bar.close()
 
     @torch.no_grad()
-    def _decode_batch(self, items: Sequence[AudioItem], loaded, timestamps: bool, plot_dir: Optional[str]):
-        feats = [torch.from_numpy(f) for f, _ in loaded]
+    def decode_pieces(self, items: Sequence[AudioItem], pieces: Sequence[Piece],
+                      plot_dir: Optional[str] = None) -> List[PieceResult]:
+        """One batch: waveforms [n_b] -> fbank [T_b, 80] -> padded [B, T, 80] -> beam search."""
+        feats = [torch.from_numpy(self.features(p.wav)) for p in pieces]
         lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long)
         src = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].size(1))
         for b, f in enumerate(feats):
@@ -204,25 +218,27 @@ class Recognizer:
         dec = self.generator.decode(src.to(self.device), lengths.to(self.device))
         alpha, enc_len = dec.alpha.float().cpu(), dec.encoder_lengths.cpu()
         strip = {self.tgt_dict.eos(), self.tgt_dict.bos(), self.tgt_dict.pad()}
+        units = self.task.units
         out = []
-        for b, item in enumerate(items):
+        for b, (item, piece) in enumerate(zip(items, pieces)):
             hyp = dec.hypos[b][0]
-            symbols = [self.tgt_dict[int(t)] for t in hyp["tokens"] if int(t) not in strip]
-            duration = loaded[b][1]
+            keep = [k for k, t in enumerate(hyp["tokens"].tolist()) if t not in strip]
+            symbols = [self.tgt_dict[int(hyp["tokens"][k])] for k in keep]
+            scores = hyp["positional_scores"].float()
+            duration = piece.wav.shape[0] / 16000
             fires = hyp["fires"]
-            ref = None if item.reference is None else self.task.units.normalise(item.reference)
-            t = Transcript(item.utt_id, item.audio, self.task.units.decode(symbols), symbols, float(hyp["score"]),
-                           duration, int(dec.cif_lengths[b]), reference=ref)
-            if timestamps:
-                t.token_times = self.fire_times(fires[: len(symbols)], duration)
-            if plot_dir is not None:
+            r = PieceResult(
+                text=units.decode(symbols), symbols=symbols, token_times=self.fire_times(fires[: len(symbols)], duration),
+                token_scores=[float(scores[k]) for k in keep], score=float(hyp["score"]), n_fires=int(dec.cif_lengths[b]),
+                words=[(units.decode(symbols[a:e]), a, e) for a, e in word_spans(symbols, units.unit)])
+            if plot_dir is not None and piece.whole:
                 from fairseq_hkd.generation.plot import plot_alignment
 
-                t.plot = plot_alignment(
-                    os.path.join(plot_dir, _safe_name(item.utt_id) + ".png"), loaded[b][0], alpha[b, : enc_len[b]],
+                r.plot = plot_alignment(
+                    os.path.join(plot_dir, _safe_name(item.utt_id) + ".png"), feats[b].numpy(), alpha[b, : enc_len[b]],
                     fires, symbols + (["</s>"] if len(symbols) < len(fires) else []), self.downsample,
-                    title=f"{item.utt_id}: {t.text}")
-            out.append(t)
+                    title=f"{item.utt_id}: {r.text}")
+            out.append(r)
         return out
 
     def fire_times(self, fires: torch.Tensor, duration: float) -> List[float]:
@@ -230,10 +246,6 @@ class Recognizer:
         from fairseq_hkd.generation.plot import encoder_frame_centres
 
         return [min(max(float(x), 0.0), duration) for x in encoder_frame_centres(fires.numpy(), self.downsample)]
-
-
-def _file_id(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _safe_name(utt_id: str) -> str:
@@ -255,44 +267,44 @@ def error_rates(results: Sequence[Transcript]) -> Optional[dict]:
     return {"wer": 100.0 * w_err / max(w_n, 1), "cer": 100.0 * c_err / max(c_n, 1), "utterances": len(pairs)}
 
 
-def read_inputs(audio: Sequence[str], manifest: Optional[str]) -> List[AudioItem]:
-    items = []
-    if manifest:
-        from fairseq_hkd.data.manifest import read_manifest
-
-        items += [AudioItem(e.id, e.audio, e.tgt_text) for e in read_manifest(manifest)]
-    for path in audio:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"audio file {path} not found")
-        items.append(AudioItem(_file_id(path), path))
-    seen = set()
-    for it in items:
-        if it.utt_id in seen:
-            raise ValueError(f"two inputs share the id {it.utt_id!r} ({it.audio}); rename one of the files")
-        seen.add(it.utt_id)
-    return items
+def read_inputs(audio: Sequence[str], manifest: Optional[str], list_file: Optional[str] = None) -> List[AudioItem]:
+    """Manifest entries, then files / folders / ``-`` (stdin), then ``--list`` paths (inputs.py)."""
+    return collect_inputs(audio, manifest, list_file)
 
 
 def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fairseq-hkd-plot" if require_plot else "fairseq-hkd-transcribe",
-        description="Transcribe wav/flac files or a manifest with a CIF checkpoint"
+        description="Transcribe audio files, folders, lists or a manifest with a CIF checkpoint"
         + (" and draw alignment plots" if require_plot else ""),
     )
-    p.add_argument("audio", nargs="*", help="audio files (wav, flac, anything libsndfile reads)")
+    p.add_argument("audio", nargs="*", help="audio files (anything libsndfile reads) or folders (searched "
+                                             "recursively); - reads a list of paths from stdin")
     p.add_argument("--path", required=True, help="checkpoint (.pt)")
     p.add_argument("--manifest", help="a manifest TSV (id, audio, n_samples, tgt_text); its transcripts are scored")
+    p.add_argument("--list", metavar="FILE", help="a text file of audio paths or folders, one a line (- : stdin)")
     p.add_argument("--data", help="data directory with dict.txt (default: the checkpoint's)")
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     p.add_argument("--lm-path", help="language model checkpoint for shallow fusion (fairseq transformer_lm on the "
                                      "ASR units, examples/*/lm.sh)")
     p.add_argument("--lm-weight", type=float, default=0.0,
                    help="weight W of the LM log-probabilities, as fairseq-generate's (0: no LM)")
-    p.add_argument("--batch-size", type=int, default=8, help="files per decoding batch")
-    p.add_argument("--timestamps", action="store_true", help="append SYMBOL:SECONDS for every emitted unit")
-    p.add_argument("--plot", metavar="DIR", required=require_plot, help="write one alignment PNG per file to DIR")
+    p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
+    p.add_argument("--format", choices=FORMATS, default="tsv",
+                   help="tsv: ID<TAB>TEXT[<TAB>SYMBOL:TIME ...]; text; json (per-token times and scores); "
+                        "srt / vtt subtitles")
+    p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
+    p.add_argument("--output", help="write the stream to this file instead of stdout")
+    p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
+    p.add_argument("--plot", metavar="DIR", required=require_plot,
+                   help="write one alignment PNG per file decoded whole to DIR")
     p.add_argument("--max-files", type=int, help="only the first N inputs")
-    p.add_argument("--output", help="write the lines to this file instead of stdout")
+    seg = SegmenterConfig()
+    p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
+                   help="longer files are split at pauses (Silero VAD) into segments of at most this many seconds")
+    p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
+                   help="seconds of non-speech that end a segment")
+    p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"cif_tail_threshold": 0.4}\'')
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -316,33 +328,51 @@ def setup_logging() -> None:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -> None:
+    """Exit status 0, or 1 when some file failed (each named on an ERROR line); usage mistakes
+    exit with one line (SystemExit), programming errors raise with their traceback."""
     args = build_parser(require_plot).parse_args(argv)
     setup_logging()
-    items = read_inputs(args.audio, args.manifest)
-    if not items:
-        raise SystemExit("nothing to transcribe: give audio files and/or --manifest")
+    try:
+        items = read_inputs(args.audio, args.manifest, args.list)
+    except (InputError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"fairseq-hkd-transcribe: {e}")
     if args.max_files:
         items = items[: args.max_files]
+    if not items:
+        raise SystemExit("nothing to transcribe: give audio files or folders, --list or --manifest")
+    if args.format in SUBTITLES and not args.output_dir and len(items) > 1:
+        raise SystemExit(f"--format {args.format} writes one file per input: add --output-dir DIR "
+                         f"({len(items)} inputs)")
     try:
         overrides = json.loads(args.model_overrides)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--model-overrides must be JSON ({e}): {args.model_overrides!r}")
+    try:
+        segmenter = SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
+                                    max_segment_s=args.max_segment,
+                                    pad_s=min(SegmenterConfig.pad_s, args.min_silence))
+    except AssertionError as e:
+        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,
-                                     model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight)
+                                     model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight,
+                                     segmenter=segmenter)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    t0 = time.perf_counter()
+    writer = OutputWriter(args.format, args.output_dir, out, timestamps=args.timestamps)
+    stats = Progress(items, enabled=not args.quiet)
     results = []
     try:
-        for r in rec.iter_transcribe(items, args.batch_size, args.timestamps, args.plot, progress=not args.quiet):
-            print(r.line(), file=out, flush=True)
-            results.append(r)
+        for r in rec.iter_transcribe(items, args.batch_size, args.timestamps, args.plot, progress=stats):
+            if r.ok:
+                writer.write(r)
+                results.append(r)
+            else:
+                with stats.paused():
+                    logger.error(r.line())
     finally:
+        stats.close()
         if args.output:
             out.close()
-    elapsed = time.perf_counter() - t0
-    audio_s = sum(r.duration for r in results)
-    summary = (f"transcribed {len(results)} files ({audio_s:.1f} s of audio) in {elapsed:.1f} s, "
-               f"real-time factor {elapsed / max(audio_s, 1e-9):.3f}, beam {args.beam}, {rec.device}")
+    summary = f"{stats.summary()}, beam {args.beam}, {rec.device}"
     if args.lm_path:
         summary += f", LM {args.lm_path} weight {args.lm_weight}"
     rates = error_rates(results)
@@ -350,7 +380,12 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
         summary += f"; WER {rates['wer']:.2f}% CER {rates['cer']:.2f}% over {rates['utterances']} references"
     if args.plot:
         summary += f"; plots in {args.plot}"
-    logger.info(summary)
+    if args.output_dir:
+        summary += f"; {args.format} files in {args.output_dir}"
+    logger.info(f"{summary}; {stats.failures()}")
+    if stats.failed:
+        logger.error(f"{stats.failures()} (see the ERROR lines above)")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
