@@ -2,8 +2,26 @@
 
 Importing this package registers the ``cif_asr`` task, the CIF models and the ``cif`` /
 ``cif_hkd`` criterions, so ``fairseq-train --user-dir fairseq_hkd`` finds them.
-"""
-from fairseq_hkd import compat  # noqa: F401  (shims first)
-from fairseq_hkd import tasks, models, criterions  # noqa: F401
 
+Where torch or fairseq is not installed (a deployment of the ONNX runtime, ``fairseq_hkd.runtime``,
+which needs neither), there is nothing to register and the import skips it. Only their absence is
+skipped: any other ImportError (a dependency of fairseq missing, a broken module of ours) propagates.
+"""
 __version__ = "0.1.0"
+
+
+def _training_stack_installed() -> bool:
+    """True when torch and fairseq import; False when one of them is not installed."""
+    try:
+        import torch  # noqa: F401
+        import fairseq  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "fairseq"):
+            return False
+        raise
+    return True
+
+
+if _training_stack_installed():
+    from fairseq_hkd import compat  # noqa: F401  (shims first)
+    from fairseq_hkd import tasks, models, criterions  # noqa: F401

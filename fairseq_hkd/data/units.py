@@ -48,6 +48,21 @@ def file_sha1(path: str | os.PathLike, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
+def decode_units(unit: str, symbols: Sequence[str]) -> str:
+    """:meth:`Units.decode` without a ``Units`` object (no tokenizer or sentencepiece model is
+    needed to decode): what the ONNX runtime uses."""
+    symbols = [_UNK_TEXT.get(s, s) for s in symbols]
+    if unit == "char":
+        text = "".join(" " if s == WORD_SEP else s for s in symbols)
+    elif unit == "wordpiece":
+        text = join_wordpieces(symbols)
+    elif unit == "spm":
+        text = "".join(symbols).replace(SPM_WORD_START, " ")
+    else:
+        raise ValueError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
+    return " ".join(text.split())
+
+
 class Units:
     """Unit inventory used to turn transcripts into dictionary symbols and back.
 
@@ -128,14 +143,7 @@ class Units:
     def decode(self, symbols: Sequence[str]) -> str:
         """Unit symbols -> words (single spaces, no leading/trailing space); ``<unk>`` -> ``⁇``,
         ``<<unk>>`` -> ``\ufffd`` (one character each; a separate word for WordPiece)."""
-        symbols = [_UNK_TEXT.get(s, s) for s in symbols]
-        if self.unit == "char":
-            text = "".join(" " if s == WORD_SEP else s for s in symbols)
-        elif self.unit == "wordpiece":
-            text = join_wordpieces(symbols)
-        else:
-            text = "".join(symbols).replace(SPM_WORD_START, " ")
-        return " ".join(text.split())
+        return decode_units(self.unit, symbols)
 
     def decode_string(self, line: str) -> str:
         """A space-separated symbol string (``Dictionary.string`` output) -> words."""

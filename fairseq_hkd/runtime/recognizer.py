@@ -1,0 +1,210 @@
+"""``OnnxRecognizer``: an exported model directory -> transcripts, with onnxruntime and numpy only.
+
+Python::
+
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+    rec = OnnxRecognizer("exp/demo-final/hkd/onnx", beam=5, threads=1)
+    for d in rec.decode_files(["a.wav", "b.flac"]):
+        print(d.text, d.symbols, rec.token_times(d, duration=...))
+
+The steps are the PyTorch generator's (``fairseq_hkd/generation/cif_generator.py``): front end
+(``frontend.py``) -> encoder graph -> CIF in numpy float64 (``cif.py``) -> beam search with the
+one-step decoder graph, or one pass of the non-autoregressive decoder graph (``search.py``).
+Imports: onnxruntime, numpy, soundfile, kaldi-native-fbank (and the torch-free
+``fairseq_hkd.data`` helpers: audio reading, CMVN, unit decoding); never torch, fairseq, or
+``fairseq_hkd.models`` / ``fairseq_hkd.ops``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from fairseq_hkd.data.units import decode_units
+from fairseq_hkd.runtime.cif import cif_numpy, fire_frames
+from fairseq_hkd.runtime.frontend import Frontend
+from fairseq_hkd.runtime.model_dir import ModelDirError, read_model_dir
+from fairseq_hkd.runtime.search import Hypothesis, beam_search, nar_argmax
+
+__all__ = ["OnnxRecognizer", "Decoded", "session_options"]
+
+@dataclass
+class Decoded:
+    """One utterance's decoding.
+
+    tokens: dictionary ids without <s>/<pad>/</s>; symbols: their strings; text: the units decoded
+    to words; score: summed log-probs of the best hypothesis; token_scores: per emitted token;
+    fires: encoder frame that completed each CIF token [n_fires]; n_fires: CIF tokens (decoder
+    steps); alpha: CIF weights of the valid encoder frames; encoder_out: [T', D] when asked for.
+    """
+
+    tokens: List[int]
+    symbols: List[str]
+    text: str
+    score: float
+    token_scores: List[float]
+    fires: np.ndarray
+    n_fires: int
+    alpha: np.ndarray
+    encoder_out: Optional[np.ndarray] = None
+    cif_embeddings: Optional[np.ndarray] = None
+
+
+def session_options(threads: int = 1):
+    """CPU session options: ``threads`` intra-op threads, sequential execution, all graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    return opts
+
+
+def _session(path: str, threads: int, inputs: Sequence[str]):
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelDirError(f"{path} is not a loadable ONNX graph ({first[:300]})") from None
+    names = [i.name for i in sess.get_inputs()]
+    if list(names) != list(inputs):
+        raise ModelDirError(f"{path} has inputs {names}, expected {list(inputs)}: the directory mixes files of "
+                            "different exports")
+    return sess
+
+
+class OnnxRecognizer:
+    """A loaded model directory (see ``model_dir.py``) and the search settings.
+
+    Args:
+        model_dir: what ``fairseq-hkd-export`` wrote.
+        beam: beam size (1 = greedy); ignored by a non-autoregressive decoder.
+        threads: onnxruntime intra-op threads per graph.
+        eos_slack: None = the task's ``cif_eos_slack`` recorded at export (0 or 1).
+        tail_threshold: None = the model's ``cif_tail_threshold``.
+    """
+
+    def __init__(self, model_dir: str, beam: int = 10, threads: int = 1, eos_slack: Optional[int] = None,
+                 tail_threshold: Optional[float] = None):
+        self.model_dir = read_model_dir(model_dir)
+        cfg = self.model_dir.config
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        self.beam = int(beam)
+        self.eos_slack = int(cfg["search"]["eos_slack"] if eos_slack is None else eos_slack)
+        if self.eos_slack not in (0, 1):
+            raise ValueError(f"eos_slack must be 0 or 1, got {self.eos_slack}")
+        self.threshold = float(cfg["cif"]["threshold"])
+        self.tail_threshold = float(cfg["cif"]["tail_threshold"] if tail_threshold is None else tail_threshold)
+        d = cfg["dictionary"]
+        self.bos, self.pad, self.eos, self.vocab = int(d["bos"]), int(d["pad"]), int(d["eos"]), int(d["size"])
+        self.symbols = self.model_dir.symbols
+        self.unit = cfg["units"]["unit"]
+        self.downsample = int(cfg["encoder"]["downsample"])
+        self.frontend = Frontend(cfg["frontend"])
+        self.autoregressive = self.model_dir.autoregressive
+        dec = cfg["decoder"]
+        self.cache_shape = (int(dec["layers"]), int(dec["heads"]), int(dec["head_dim"]))
+        self.encoder = _session(self.model_dir.file("encoder"), threads, ["fbank", "fbank_lengths"])
+        self.decoder = _session(
+            self.model_dir.file("decoder"), threads,
+            ["prev_tokens", "c_prev", "c_cur", "step", "cache_key", "cache_value"] if self.autoregressive
+            else ["cif_embeddings", "cif_lengths"])
+
+    @property
+    def precision(self) -> str:
+        return self.model_dir.config.get("precision", "fp32")
+
+    # ------------------------------------------------------------------ steps
+    def encode(self, feats: Sequence[np.ndarray]):
+        """Features [T_b, F] -> (encoder_out [B, T', D], encoder_lengths [B], alpha [B, T'])."""
+        lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+        src = np.zeros((len(feats), int(lengths.max()), feats[0].shape[1]), dtype=np.float32)
+        for b, f in enumerate(feats):
+            src[b, : f.shape[0]] = f
+        h, enc_lengths, alpha = self.encoder.run(None, {"fbank": src, "fbank_lengths": lengths})
+        return h, enc_lengths, alpha
+
+    def _step(self, prev_tokens, c_prev, c_cur, step, cache_key, cache_value):
+        return self.decoder.run(None, {
+            "prev_tokens": np.ascontiguousarray(prev_tokens, dtype=np.int64),
+            "c_prev": np.ascontiguousarray(c_prev, dtype=np.float32),
+            "c_cur": np.ascontiguousarray(c_cur, dtype=np.float32),
+            "step": np.array(step, dtype=np.int64),
+            "cache_key": np.ascontiguousarray(cache_key), "cache_value": np.ascontiguousarray(cache_value)})
+
+    def search(self, embeddings: np.ndarray, lengths: np.ndarray) -> List[Hypothesis]:
+        """CIF embeddings [B, N, C], lengths [B] -> the best hypothesis per utterance."""
+        if self.autoregressive:
+            return beam_search(self._step, embeddings, lengths, self.beam, self.vocab, self.cache_shape,
+                               self.bos, self.pad, self.eos, self.eos_slack)
+        if embeddings.shape[1] == 0:  # no utterance fired: every hypothesis is just </s>
+            lprobs = np.zeros((embeddings.shape[0], 0, self.vocab), dtype=np.float32)
+        else:
+            (lprobs,) = self.decoder.run(None, {"cif_embeddings": embeddings,
+                                                "cif_lengths": np.asarray(lengths, dtype=np.int64)})
+        return nar_argmax(lprobs, lengths, self.bos, self.pad, self.eos, self.eos_slack)
+
+    def decode_features(self, feats: Sequence[np.ndarray], keep_states: bool = False) -> List[Decoded]:
+        """Normalised fbank per utterance -> one :class:`Decoded` each (one batch)."""
+        if not feats:
+            return []
+        h, enc_lengths, alpha = self.encode(feats)
+        cif = cif_numpy(alpha, h, enc_lengths, self.threshold, self.tail_threshold)
+        hyps = self.search(cif.embeddings, cif.lengths)
+        fires = fire_frames(cif.fire_mask, cif.lengths, enc_lengths)
+        strip = {self.bos, self.pad, self.eos}
+        out = []
+        for b, hyp in enumerate(hyps):
+            keep = [i for i, t in enumerate(hyp.tokens.tolist()) if t not in strip]
+            tokens = [int(hyp.tokens[i]) for i in keep]
+            symbols = [self.symbols[t] for t in tokens]
+            n_enc, n_cif = int(enc_lengths[b]), int(cif.lengths[b])
+            out.append(Decoded(
+                tokens, symbols, decode_units(self.unit, symbols), hyp.score,
+                [float(hyp.positional_scores[i]) for i in keep], fires[b], n_cif, alpha[b, :n_enc].copy(),
+                h[b, :n_enc].copy() if keep_states else None,
+                cif.embeddings[b, :n_cif].copy() if keep_states else None))
+        return out
+
+    def decode_wavs(self, wavs: Sequence[np.ndarray], batch_size: int = 8) -> List[Decoded]:
+        """Mono float32 waveforms at the model's sample rate -> Decoded, in input order (batches of
+        ``batch_size``, longest first)."""
+        feats = [self.frontend.features(w) for w in wavs]
+        return self._decode_sorted(feats, batch_size)
+
+    def decode_files(self, paths: Sequence[str], batch_size: int = 8) -> List[Decoded]:
+        """Audio files -> Decoded, in input order."""
+        feats = [self.frontend.read(p)[0] for p in paths]
+        return self._decode_sorted(feats, batch_size)
+
+    def _decode_sorted(self, feats, batch_size: int) -> List[Decoded]:
+        order = sorted(range(len(feats)), key=lambda i: -feats[i].shape[0])
+        out: List[Optional[Decoded]] = [None] * len(feats)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            for i, d in zip(idx, self.decode_features([feats[i] for i in idx])):
+                out[i] = d
+        return out
+
+    # ------------------------------------------------------------------ times
+    def token_times(self, decoded: Decoded, duration: float) -> List[float]:
+        """Seconds of each emitted token: the centre of the encoder frame whose weight completed it
+        (as ``fairseq-hkd-transcribe --timestamps``), clipped to [0, duration]."""
+        from fairseq_hkd.generation.plot import encoder_frame_centres  # numpy only
+
+        centres = encoder_frame_centres(decoded.fires[: len(decoded.symbols)], self.downsample)
+        return [min(max(float(t), 0.0), duration) for t in centres]
+
+
+def describe(rec: OnnxRecognizer) -> str:
+    """One line: directory, precision, decoder type, beam."""
+    kind = "AR" if rec.autoregressive else "NAR"
+    return f"{os.path.abspath(rec.model_dir.path)} ({rec.precision}, {kind} decoder, beam {rec.beam})"
