@@ -16,6 +16,7 @@ setup(
             "fairseq-hkd-transcribe = fairseq_hkd.generation.transcribe:cli_main",
             "fairseq-hkd-plot = fairseq_hkd.generation.plot:cli_main",
             "fairseq-hkd-average-checkpoints = fairseq_hkd.generation.average:cli_main",
+            "fairseq-hkd-export = fairseq_hkd.export.onnx_export:cli_main",
         ]
     },
 )
