@@ -80,7 +80,7 @@ def load_recognizer(args):
     from fairseq_hkd.generation.transcribe import Recognizer
 
     torch.set_num_threads(args.threads)
-    seg = SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence)
+    seg = SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0], pad_end_s=args.pad[1])
     rec = Recognizer.from_checkpoint(args.ckpt, beam=args.beam, cpu=True, segmenter=seg)
     if args.arch != "checkpoint":
         from bench_decode import DEFAULT_RATE, build_model
@@ -140,7 +140,7 @@ def vad_only(args, long: dict) -> dict:
     from fairseq_hkd.generation.vad import SileroVad
 
     det = WebrtcVad() if args.vad == "webrtc" else SileroVad()
-    seg = Segmenter(det, SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence))
+    seg = Segmenter(det, SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0], pad_end_s=args.pad[1]))
     spans = []
     t0 = time.perf_counter()
     for block in AudioStream(long["path"]).blocks():
@@ -170,6 +170,7 @@ def run_worker(args, mode: str, long_file: str = "") -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--long-file", long_file]
     for k in ("ckpt", "manifest", "arch", "beam", "batch_size", "threads", "max_segment", "min_silence", "vad"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    cmd += ["--pad", *map(str, args.pad)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
@@ -187,6 +188,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-segment", type=float, default=20.0)
     p.add_argument("--min-silence", type=float, default=0.3)
+    p.add_argument("--pad", type=float, nargs=2, default=(0.03, 0.25), help="seconds of audio kept before and after a segment")
     p.add_argument("--gap", type=float, nargs=2, default=(0.3, 0.8), help="silence between utterances, seconds")
     p.add_argument("--noise-snr", type=float, default=None)
     p.add_argument("--vad", choices=("silero", "webrtc"), default="silero")

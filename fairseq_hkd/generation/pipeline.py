@@ -81,7 +81,7 @@ class _FileState:
     read_done: bool = False
     error: Optional[str] = None
     n_pieces: int = 0
-    done: Dict[int, Tuple[Piece, PieceResult]] = field(default_factory=dict)  # piece number -> result
+    done: Dict[int, Tuple[int, int, PieceResult]] = field(default_factory=dict)  # number -> (start, length, result)
 
 
 class TranscriptionPipeline:
@@ -180,7 +180,7 @@ class TranscriptionPipeline:
             results = self.decode([items[p.item_index] for p in batch], batch)
             assert len(results) == len(batch), f"decode returned {len(results)} results for {len(batch)} pieces"
             for p, r in zip(batch, results):
-                states[p.item_index].done[p.number] = (p, r)
+                states[p.item_index].done[p.number] = (p.start, p.wav.shape[0], r)  # the samples are not kept
             if self.progress is not None:
                 self.progress(sum(p.wav.shape[0] for p in batch) / SAMPLE_RATE)
 
@@ -200,13 +200,13 @@ class TranscriptionPipeline:
         """A file's pieces, in order, -> its Transcript (times offset to the file)."""
         segments = []
         for k in sorted(st.done):
-            piece, r = st.done[k]
-            t0 = piece.start / SAMPLE_RATE
+            start, length, r = st.done[k]
+            t0 = start / SAMPLE_RATE
             times = [t0 + t for t in r.token_times]
             words = [Word(text, times[a], times[b - 1]) for text, a, b in r.words]
-            end = t0 + min(piece.wav.shape[0] / SAMPLE_RATE, st.duration - t0)
+            end = t0 + min(length / SAMPLE_RATE, st.duration - t0)
             segments.append(Segment(t0, end, r.text, list(r.symbols), times, list(r.token_scores), r.score, words))
-        results = [st.done[k][1] for k in sorted(st.done)]
+        results = [st.done[k][2] for k in sorted(st.done)]
         plot = results[0].plot if len(results) == 1 else None
         return Transcript(
             utt_id=st.item.utt_id, audio=st.item.audio, text=join_texts([s.text for s in segments]),

@@ -11,8 +11,11 @@ Torch-free (numpy), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. A
    non-speech frame if there is one, else the frame of least energy (3-frame average), so speech
    without pauses is cut between words where it can be and never grows beyond the maximum.
 3. Segments shorter than ``min_speech_s`` are dropped (clicks, breaths); the others get
-   ``pad_s`` of audio on both sides where the neighbours leave room (cut points of rule 2 are not
-   padded: the two pieces meet).
+   ``pad_start_s`` of audio before and ``pad_end_s`` after where the neighbours leave room (cut
+   points of rule 2 are not padded: the two pieces meet). Defaults: 0.03 s before (Silero's own
+   ``speech_pad_ms``) and 0.25 s after (the demo's training utterances start at the first phoneme
+   and end with 0.25-0.4 s of silence; the demo model's WER moves by 2-4 points when 30-50 ms of
+   silence is added to or taken from an utterance's edges: BENCHMARKS.md, "Long recordings").
 
 Memory: the probabilities and energies of the open segment only (at most ``max_segment_s``);
 :meth:`Segmenter.keep_from` says which audio a later segment can still need.
@@ -46,14 +49,16 @@ class SegmenterConfig:
     min_silence_s: float = 0.3
     min_speech_s: float = 0.25
     max_segment_s: float = 20.0
-    pad_s: float = 0.1
+    pad_start_s: float = 0.03
+    pad_end_s: float = 0.25
     sample_rate: int = 16000
 
     def __post_init__(self):
         assert 0.0 < self.threshold < 1.0, f"threshold {self.threshold} must be in (0, 1)"
-        assert 0.0 <= self.pad_s <= self.min_silence_s, (
-            f"pad_s {self.pad_s} must be in [0, min_silence_s {self.min_silence_s}]: a segment's right pad must "
-            "be audio already seen when the segment closes")
+        assert 0.0 <= self.pad_end_s <= self.min_silence_s, (
+            f"pad_end_s {self.pad_end_s} must be in [0, min_silence_s {self.min_silence_s}]: a segment's end pad "
+            "must be audio already seen when the segment closes")
+        assert self.pad_start_s >= 0.0, self.pad_start_s
         assert self.max_segment_s >= 4 * self.min_speech_s > 0, (self.max_segment_s, self.min_speech_s)
 
 
@@ -69,7 +74,8 @@ class Segmenter:
         self.min_silence = max(1, round(cfg.min_silence_s * sr / F))
         self.min_speech = max(1, round(cfg.min_speech_s * sr / F))
         self.max_frames = max(2, int(cfg.max_segment_s * sr // F))
-        self.pad = int(round(cfg.pad_s * sr))
+        self.pad_start = int(round(cfg.pad_start_s * sr))
+        self.pad_end = int(round(cfg.pad_end_s * sr))
         self.reset()
 
     def reset(self) -> None:
@@ -112,7 +118,7 @@ class Segmenter:
     def keep_from(self) -> int:
         """The first sample a span not yet given out can contain (audio before it can be dropped)."""
         first = self.start if self.start is not None else self.n_frames
-        return max(self.last_end, first * self.F - self.pad, 0)
+        return max(self.last_end, first * self.F - self.pad_start, 0)
 
     # ------------------------------------------------------------------ state machine
     def _step(self, p: float, e: float) -> List[Span]:
@@ -140,7 +146,7 @@ class Segmenter:
         e = np.convolve(np.asarray(self.energy), np.ones(3) / 3, mode="same")[half:]
         key = np.where(p < self.neg_threshold, e - 1e3, e)  # a pause frame beats any energy
         cut = self.start + half + int(np.argmin(key))
-        out = self._emit(self.start * self.F - self.pad, cut * self.F)
+        out = self._emit(self.start * self.F - self.pad_start, cut * self.F)
         k = cut - self.start
         self.start, self.probs, self.energy = cut, self.probs[k:], self.energy[k:]
         self.silence = 0
@@ -152,10 +158,10 @@ class Segmenter:
         self.start, self.silence, self.probs, self.energy = None, 0, [], []
         if end_frame - start < self.min_speech:  # 3. too short: a click, not speech
             return []
-        end = end_frame * self.F + (self.pad if pad else 0)
+        end = end_frame * self.F + (self.pad_end if pad else 0)
         if end_sample is not None:
             end = min(end, end_sample)
-        return self._emit(start * self.F - self.pad, end)
+        return self._emit(start * self.F - self.pad_start, end)
 
     def _emit(self, start: int, end: int) -> List[Span]:
         start = max(start, self.last_end, 0)

@@ -350,7 +350,7 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
     try:
         segmenter = SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
                                     max_segment_s=args.max_segment,
-                                    pad_s=min(SegmenterConfig.pad_s, args.min_silence))
+                                    pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
     except AssertionError as e:
         raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,

@@ -1,0 +1,417 @@
+"""Transcriber for real recordings (issue 15): inputs, block reading, segmentation, failure isolation, formats.
+
+Fast tests use a fake decoder and synthetic audio whose content is known (tone bursts: frequency
+= identity, onset = time), so joined texts and offset times are checked against independent
+references; the Silero wrapper is compared with the stock per-frame model. The end-to-end tests
+(marked slow) run the console script on the overfit tiny model of test_generate_e2e.
+"""
+import ast
+import io
+import os
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fairseq_hkd.data.audio import AudioError, read_audio, resampled_length
+from fairseq_hkd.generation import formats
+from fairseq_hkd.generation.audio_stream import AudioStream
+from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs
+from fairseq_hkd.generation.pipeline import PieceResult, PipelineConfig, TranscriptionPipeline
+from fairseq_hkd.generation.results import join_texts, word_spans
+from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+TORCH_FREE = ["inputs", "formats", "segments", "results", "pipeline", "audio_stream", "progress"]
+
+
+# ---------------------------------------------------------------------- synthetic audio and a fake model
+def bursts(plan, sr=SR, seed=0):
+    """plan: [(gap_s, burst_s, freq_hz)] -> (float32 wav, [(onset_s, freq)]): tone bursts after silences."""
+    rng = np.random.default_rng(seed)
+    parts, truth, t = [], [], 0.0
+    for gap, dur, f in plan:
+        parts.append(rng.normal(0, 1e-4, int(gap * sr)).astype(np.float32))
+        t += len(parts[-1]) / sr
+        n = int(dur * sr)
+        parts.append((0.3 * np.sin(2 * np.pi * f * np.arange(n) / sr)).astype(np.float32))
+        truth.append((t, f))
+        t += n / sr
+    parts.append(np.zeros(int(0.5 * sr), dtype=np.float32))
+    return np.concatenate(parts), truth
+
+
+class EnergyDetector:
+    """A stand-in speech detector: frame RMS above 0.01."""
+
+    frame_samples = 512
+
+    def reset(self):
+        pass
+
+    def __call__(self, frames):
+        return (np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) > 0.01).astype(np.float32)
+
+
+def fake_decode(items, pieces):
+    """One 'word' per tone run in the piece (runs apart by > 400 quiet samples): f<freq> at its
+    onset, then '|'; token score -0.5 each."""
+    out = []
+    for p in pieces:
+        loud = np.nonzero(np.abs(p.wav) > 0.05)[0]
+        runs = np.split(loud, np.nonzero(np.diff(loud) > 400)[0] + 1) if len(loud) else []
+        words = [f"f{int(round(np.argmax(np.abs(np.fft.rfft(p.wav[r[0]: r[0] + 4000], SR))) / 100.0)) * 100}"
+                 for r in runs]
+        times = [r[0] / SR for r in runs]
+        syms = [x for w in words for x in (w, "|")][:-1]
+        tt = [x for tm in times for x in (tm, tm)][:-1]
+        out.append(PieceResult(" ".join(words), syms, tt, [-0.5] * len(syms), -0.5 * len(syms), len(syms),
+                               [(w, 2 * i, 2 * i + 1) for i, w in enumerate(words)]))
+    return out
+
+
+def make_pipeline(max_segment_s=4.0, batch_size=3, **kw):
+    cfg = PipelineConfig(batch_size=batch_size, min_samples=1520, block_s=1.024,
+                         segmenter=SegmenterConfig(max_segment_s=max_segment_s, min_silence_s=0.3, pad_start_s=0.03,
+                                                   pad_end_s=0.1, min_speech_s=0.25), **kw)
+    return TranscriptionPipeline(fake_decode, EnergyDetector, cfg)
+
+
+# ---------------------------------------------------------------------- torch-free modules
+def _top_level_imports(path):
+    tree = ast.parse(Path(path).read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_shared_modules_do_not_import_torch():
+    """What the ONNX runtime reuses imports neither torch nor fairseq at module level (also through
+    the fairseq_hkd modules they import)."""
+    todo = [f"fairseq_hkd.generation.{m}" for m in TORCH_FREE]
+    seen = set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        for name in _top_level_imports(REPO / (mod.replace(".", "/") + ".py")):
+            root = name.split(".")[0]
+            assert root not in ("torch", "fairseq"), f"{mod} imports {name} at module level"
+            if name.startswith("fairseq_hkd."):
+                todo.append(name)
+    assert "fairseq_hkd.data.audio" in seen
+
+
+# ---------------------------------------------------------------------- inputs
+def test_inputs_files_folders_lists_stdin(tmp_path):
+    root = tmp_path / "rec"
+    (root / "sub").mkdir(parents=True)
+    for rel in ["b.wav", "a.flac", "sub/c.WAV", "sub/d.ogg"]:
+        sf.write(root / rel, np.zeros(1600, np.float32), SR, format=Path(rel).suffix[1:].upper())
+    (root / "notes.txt").write_text("not audio")
+    (root / "sub" / "x.mat").write_text("not audio")
+    items = collect_inputs([str(root)])
+    assert [it.utt_id for it in items] == ["a", "b", "sub/c", "sub/d"]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# my files\n{root / 'b.wav'}\n\n{root / 'sub'}\n{tmp_path / 'missing.wav'}\n")
+    items = collect_inputs([], list_file=str(lst))
+    assert [it.utt_id for it in items] == ["b", "sub/c", "sub/d", "missing"] or \
+        [it.utt_id for it in items] == ["b", "c", "d", "missing"]
+    stdin = io.StringIO(f"{root / 'a.flac'}\n")
+    assert [it.audio for it in collect_inputs(["-"], stdin=stdin)] == [str(root / "a.flac")]
+    stdin = io.StringIO(f"{root / 'a.flac'}\n")
+    assert [it.utt_id for it in collect_inputs([], list_file="-", stdin=stdin)] == ["a"]
+    with pytest.raises(InputError, match="share the id 'b'"):
+        collect_inputs([str(root / "b.wav"), str(root / "b.wav")])
+    with pytest.raises(InputError, match="--list"):
+        collect_inputs([], list_file=str(tmp_path / "nope.txt"))
+
+
+# ---------------------------------------------------------------------- block reading
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (8000, 1), (16000, 1)])
+def test_stream_reads_blocks_only_and_equals_whole_file(tmp_path, monkeypatch, rate, channels):
+    rng = np.random.default_rng(rate)
+    x = (0.1 * rng.standard_normal((int(rate * 5.3), channels))).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(path, x, rate)
+    requested = []
+    orig = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **k):
+        requested.append(frames)
+        return orig(self, frames, *a, **k)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    stream = AudioStream(str(path), block_s=0.5)
+    blocks = list(stream.blocks())
+    monkeypatch.setattr(sf.SoundFile, "read", orig)
+    assert requested and all(0 < f == stream.block <= 0.5 * rate + stream.down for f in requested), requested
+    assert max(len(b) for b in blocks) <= 0.5 * SR + 16
+    whole = read_audio(str(path))
+    got = np.concatenate(blocks)
+    assert len(got) == resampled_length(len(x), rate) == len(whole)
+    np.testing.assert_allclose(got, whole, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- segmentation, joining, memory
+def test_long_file_segments_join_with_original_times(tmp_path):
+    """Bursts after pauses -> one segment each; joined text in order; token times = burst onsets."""
+    plan = [(0.4, 1.2, 300), (0.6, 2.0, 500), (0.35, 0.8, 700), (1.0, 1.5, 900), (0.5, 2.2, 1100), (0.45, 1.0, 1300)]
+    wav, truth = bursts(plan)
+    path = tmp_path / "long.wav"
+    sf.write(path, wav, SR)
+    [t] = list(make_pipeline().run([AudioItem("long", str(path))]))
+    assert t.ok and len(t.segments) == len(plan)
+    assert t.text == " ".join(f"f{f}" for _, f in truth)
+    onsets = [w.start for w in t.words]
+    np.testing.assert_allclose(onsets, [o for o, _ in truth], atol=0.002)
+    for seg, (onset, _), (_, dur, _) in zip(t.segments, truth, plan):
+        assert seg.start <= onset and onset + dur <= seg.end <= onset + dur + 0.1 + 0.033
+    assert t.duration == pytest.approx(len(wav) / SR)
+    assert [tm for s, tm in zip(t.symbols, t.token_times) if s != "|"] == onsets
+
+
+def test_speech_without_pauses_is_cut_at_max_length():
+    """A 13 s run of tones with no pause: pieces of at most max_segment_s, contiguous, cut in the
+    quieter dip between tones rather than inside one."""
+    sr = SR
+    tones = []
+    for k in range(13):  # 1 s tones separated by a 40 ms dip (too short to be a pause)
+        n = sr - 640
+        tones += [(0.3 * np.sin(2 * np.pi * (300 + 100 * k) * np.arange(n) / sr)).astype(np.float32),
+                  np.full(640, 0.02, dtype=np.float32)]
+    wav = np.concatenate([np.zeros(sr // 2, np.float32)] + tones + [np.zeros(sr, np.float32)])
+    seg = Segmenter(EnergyDetector(), SegmenterConfig(max_segment_s=4.0, min_silence_s=0.3, pad_start_s=0.0,
+                                                      pad_end_s=0.1))
+    spans = []
+    for i in range(0, len(wav), 5000):
+        spans += seg.feed(wav[i: i + 5000])
+    spans += seg.finish()
+    assert len(spans) >= 4
+    assert all(b - a <= 4.0 * sr for a, b in spans)
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1)), spans
+    for a, _ in spans[1:]:  # each cut lies in a dip: within one frame of a dip's start
+        offset = (a - sr // 2) % sr
+        assert offset >= sr - 640 - 512 or offset <= 512, (a, offset)
+
+
+def test_long_file_memory_is_bounded(tmp_path):
+    """10 minutes of audio (38 MB as float32, 19 MB as the wav): the peak allocation while segmenting
+    stays far below, because only blocks, the open segment and the pooled pieces (here 16 of 2.6 s)
+    are held, never the samples of decoded pieces."""
+    plan = [(0.5, 2.0, 300 + 100 * (k % 10)) for k in range(240)]
+    wav, truth = bursts(plan)
+    path = tmp_path / "ten_min.wav"
+    sf.write(path, wav, SR, subtype="PCM_16")
+    del wav
+
+    def no_model(items, pieces):
+        return [PieceResult("", [], [], [], 0.0, 0) for _ in pieces]
+
+    cfg = make_pipeline(max_segment_s=10.0, batch_size=8, chunk_batches=2).cfg
+    tracemalloc.start()
+    [t] = list(TranscriptionPipeline(no_model, EnergyDetector, cfg).run([AudioItem("long", str(path))]))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert t.ok and len(t.segments) == len(truth) and t.duration > 590
+    assert peak < 6e6, f"peak {peak / 1e6:.1f} MB for a {t.duration / 60:.0f}-minute file"
+
+
+# ---------------------------------------------------------------------- failures
+def write_bad_files(d: Path):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(range(40)))
+    sf.write(d / "empty.wav", np.zeros(0, np.float32), SR)
+    sf.write(d / "short.wav", np.zeros(480, np.float32), SR)  # 30 ms
+    return {"corrupt": "cannot read", "empty": "empty", "short": "too short"}
+
+
+def test_failures_are_isolated_and_in_order(tmp_path):
+    good, _ = bursts([(0.3, 1.0, 400)])
+    long, _ = bursts([(0.5, 1.5, 600)] * 5)
+    sf.write(tmp_path / "a_good.wav", good, SR)
+    sf.write(tmp_path / "z_long.flac", long, SR)
+    reasons = write_bad_files(tmp_path)
+    items = collect_inputs([str(tmp_path), str(tmp_path / "nothere.wav")])
+    results = list(make_pipeline().run(items))
+    assert [r.utt_id for r in results] == ["a_good", "corrupt", "empty", "short", "z_long", "nothere"]
+    ok = {r.utt_id: r for r in results if r.ok}
+    assert ok["a_good"].text == "f400" and ok["z_long"].text == " ".join(["f600"] * 5)
+    errors = {r.utt_id: r.line() for r in results if not r.ok}
+    assert set(errors) == set(reasons) | {"nothere"}
+    for name, why in list(reasons.items()) + [("nothere", "no such file")]:
+        assert str(tmp_path / name) in errors[name] and why in errors[name], errors[name]
+        assert "\n" not in errors[name]
+
+
+def test_programming_errors_propagate(tmp_path):
+    good, _ = bursts([(0.3, 1.0, 400)])
+    sf.write(tmp_path / "a.wav", good, SR)
+
+    def broken(items, pieces):
+        raise KeyError("a bug")
+
+    pipe = TranscriptionPipeline(broken, EnergyDetector, PipelineConfig(min_samples=1520))
+    with pytest.raises(KeyError):
+        list(pipe.run([AudioItem("a", str(tmp_path / "a.wav"))]))
+
+
+# ---------------------------------------------------------------------- formats
+def test_every_format_reads_back(tmp_path):
+    wav, truth = bursts([(0.4, 1.2, 300), (0.6, 2.0, 500), (0.5, 1.0, 700), (0.7, 1.4, 900)])
+    sf.write(tmp_path / "talk.wav", wav, SR)
+    [t] = list(make_pipeline().run([AudioItem("sub/talk", str(tmp_path / "talk.wav"))]))
+    # tsv (times to 10 ms), text
+    [(uid, text, stamps)] = formats.read_tsv(formats.render(t, "tsv", timestamps=True))
+    assert (uid, text) == ("sub/talk", t.text)
+    assert [s for s, _ in stamps] == t.symbols
+    np.testing.assert_allclose([x for _, x in stamps], t.token_times, atol=0.005)
+    assert formats.read_text(formats.render(t, "text")) == [t.text]
+    # json: per-token symbols, times and scores; per-file and streamed (JSON Lines)
+    for stream in (False, True):
+        [d] = formats.read_json(formats.render(t, "json", stream=stream))
+        toks = [x for s in d["segments"] for x in s["tokens"]]
+        assert [x["symbol"] for x in toks] == t.symbols
+        np.testing.assert_allclose([x["time"] for x in toks], t.token_times, atol=5e-4)
+        np.testing.assert_allclose([x["score"] for x in toks], t.token_scores, atol=5e-5)
+        assert d["text"] == t.text and len(d["segments"]) == len(t.segments)
+    # subtitles: the cues' text is the transcript; cues in order, within the file, around their words
+    for fmt in ("srt", "vtt"):
+        cues = formats.read_subtitles(formats.render(t, fmt))
+        assert join_texts([c.text for c in cues]) == t.text
+        assert all(c.start < c.end for c in cues)
+        assert all(a.end <= b.start + 1e-3 for a, b in zip(cues, cues[1:]))
+        for c, w in zip(cues, t.words):  # one word per cue here (short words, long pauses)
+            assert c.start - 1e-3 <= w.start <= c.end + 1e-3
+    # per-file output keeps the id's sub-folder
+    w = formats.OutputWriter("vtt", output_dir=str(tmp_path / "out"))
+    w.write(t)
+    assert w.paths == [str(tmp_path / "out" / "sub" / "talk.vtt")]
+    assert Path(w.paths[0]).read_text().startswith("WEBVTT")
+
+
+def test_subtitle_cues_split_long_segments():
+    from fairseq_hkd.generation.results import Segment, Transcript, Word
+
+    words = [Word(f"word{i}", 0.5 * i, 0.5 * i + 0.3) for i in range(40)]
+    seg = Segment(0.0, 20.5, " ".join(w.text for w in words), [], [], [], 0.0, words)
+    t = Transcript("x", "x.wav", seg.text, [], 0.0, 20.5, 0, segments=[seg])
+    cues = formats.subtitle_cues(t, max_chars=84, max_seconds=7.0)
+    assert len(cues) > 3 and join_texts([c.text for c in cues]) == t.text
+    assert all(len(c.text) <= 84 and c.end - c.start <= 7.5 for c in cues)
+    assert cues[0].start == 0.0 and cues[-1].end == 20.5
+    text = formats.render_subtitles(cues, "srt")
+    assert all(len(line) <= 42 for line in text.splitlines())
+
+
+def test_word_spans_per_unit():
+    assert word_spans(["h", "i", "|", "y", "o", "u"], "char") == [(0, 2), (3, 6)]
+    assert word_spans(["你", "好", "吗"], "char") == [(0, 1), (1, 2), (2, 3)]
+    assert word_spans(["the", "gal", "##axy", "is"], "wordpiece") == [(0, 1), (1, 3), (3, 4)]
+    assert word_spans(["\u2581the", "\u2581gal", "axy"], "spm") == [(0, 1), (1, 3)]
+    assert join_texts(["你好", "吗", "ok", "fine"]) == "你好吗 ok fine"
+
+
+# ---------------------------------------------------------------------- Silero VAD
+def test_silero_batched_equals_stock_model(tiny_corpus):
+    """SileroVad (frames in blocks, nn.LSTM) gives the stock per-frame model's probabilities."""
+    torch = pytest.importorskip("torch")
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.vad import SileroVad, silero_model_path
+
+    wavs = [read_audio(e.audio) for e in read_manifest(tiny_corpus / "valid.tsv")[:2]]
+    wav = np.concatenate([wavs[0], np.zeros(6000, np.float32), wavs[1]])
+    n = len(wav) // 512
+    frames = wav[: n * 512].reshape(n, 512)
+    stock = torch.jit.load(silero_model_path()).eval()
+    stock.reset_states()
+    with torch.no_grad():
+        ref = np.array([stock(torch.from_numpy(f)[None], 16000).item() for f in frames])
+    vad = SileroVad()
+    ours = np.concatenate([vad(frames[:17]), vad(frames[17:18]), vad(frames[18:])])
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    assert ref.max() > 0.9 and ref.min() < 0.1  # speech and silence both present
+    vad.reset()
+    np.testing.assert_allclose(vad(frames), ref, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- end to end (console script)
+@pytest.mark.slow
+def test_cli_folder_with_bad_files(trained_cif, venv_bin, tmp_path):
+    """A folder with one corrupt, one empty and one 30 ms file: exactly those 3 ERROR lines, exit
+    status 1, the count in the summary, and transcripts for the others (a long concatenation of the
+    utterances, split at its pauses, gives their transcripts joined)."""
+    from corpus import have_espeak
+
+    from fairseq_hkd.data.manifest import read_manifest
+
+    entries = read_manifest(trained_cif.data / "test.tsv")[:3]
+    d = tmp_path / "in"
+    reasons = write_bad_files(d)
+    (d / "long").mkdir()
+    parts = []
+    for e in entries:
+        x = read_audio(e.audio)
+        sf.write(d / f"{e.id}.wav", x, SR)
+        parts += [x, np.zeros(int(0.6 * SR), np.float32)]
+    long = np.concatenate(parts)
+    sf.write(d / "long" / "all.flac", long, SR)
+    out = tmp_path / "out"
+    cmd = [str(venv_bin / "fairseq-hkd-transcribe"), "--path", str(trained_cif.ckpt), "--beam", "1", "--cpu",
+           "--max-segment", str(0.8 * len(long) / SR / 2), "--format", "json", "--output-dir", str(out), str(d)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "| ERROR |" in ln]
+    assert len(errors) == 4, errors  # 3 files + the closing count
+    for name, why in reasons.items():
+        assert sum(str(d / f"{name}.wav") in ln and why in ln for ln in errors) == 1, (name, errors)
+    assert "3 of 7 files failed" in errors[-1]
+    assert "Traceback" not in proc.stderr
+    got = {p.relative_to(out).with_suffix("").as_posix(): formats.read_json(p.read_text())[0] for p in out.rglob("*.json")}
+    assert set(got) == {e.id for e in entries} | {"long/all"}
+    for e in entries:
+        assert got[e.id]["text"] == e.tgt_text
+    if have_espeak():  # tones (no espeak) are not speech to Silero
+        joined = got["long/all"]
+        assert len(joined["segments"]) == len(entries)
+        assert joined["text"] == " ".join(e.tgt_text for e in entries)
+        starts = np.cumsum([0] + [len(p) for p in parts])[:-1:2] / SR
+        for seg, s0 in zip(joined["segments"], starts):
+            assert abs(seg["start"] - s0) < 0.15 and seg["tokens"][0]["time"] >= s0
+
+
+@pytest.mark.slow
+def test_cli_formats_and_list_from_stdin(trained_cif, venv_bin, tmp_path):
+    """--list - with --format tsv/text/srt: the same transcripts, subtitles timed within the file."""
+    from fairseq_hkd.data.manifest import read_manifest
+
+    entries = read_manifest(trained_cif.data / "test.tsv")[:2]
+    base = [str(venv_bin / "fairseq-hkd-transcribe"), "--path", str(trained_cif.ckpt), "--beam", "1", "--cpu",
+            "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    listing = "".join(f"{e.audio}\n" for e in entries)
+    tsv = subprocess.run(base + ["--list", "-", "--timestamps"], input=listing, capture_output=True, text=True,
+                         cwd=REPO, env=env)
+    assert tsv.returncode == 0, tsv.stderr[-2000:]
+    rows = formats.read_tsv(tsv.stdout)
+    assert [(r[0], r[1]) for r in rows] == [(Path(e.audio).stem, e.tgt_text) for e in entries]
+    text = subprocess.run(base + ["--format", "text", "-"], input=listing, capture_output=True, text=True,
+                          cwd=REPO, env=env)
+    assert formats.read_text(text.stdout) == [e.tgt_text for e in entries]
+    srt = subprocess.run(base + ["--format", "srt", entries[0].audio], capture_output=True, text=True, cwd=REPO,
+                         env=env)
+    cues = formats.read_subtitles(srt.stdout)
+    assert join_texts([c.text for c in cues]) == entries[0].tgt_text
+    assert cues[0].start >= 0 and cues[-1].end <= sf.info(entries[0].audio).duration + 1e-3
+    two = subprocess.run(base + ["--format", "srt", entries[0].audio, entries[1].audio], capture_output=True,
+                         text=True, cwd=REPO, env=env)
+    assert two.returncode != 0 and "--output-dir" in two.stderr and "Traceback" not in two.stderr
