@@ -13,7 +13,7 @@ setup(
             "fairseq-hkd-feature-store = fairseq_hkd.data.cli_features:store_cli_main",
             "fairseq-hkd-build-dict = fairseq_hkd.teacher.build_dict:cli_main",
             "fairseq-hkd-extract-teacher = fairseq_hkd.teacher.cli_extract:cli_main",
-            "fairseq-hkd-transcribe = fairseq_hkd.generation.transcribe:cli_main",
+            "fairseq-hkd-transcribe = fairseq_hkd.runtime.cli:transcribe_main",  # --backend onnx: torch-free
             "fairseq-hkd-plot = fairseq_hkd.generation.plot:cli_main",
             "fairseq-hkd-average-checkpoints = fairseq_hkd.generation.average:cli_main",
             "fairseq-hkd-export = fairseq_hkd.export.onnx_export:cli_main",

@@ -134,9 +134,12 @@ class DecoderStepGraph(nn.Module):
         x = x.unsqueeze(0)  # [1, R, D]
         # 2. layers with the cache in fairseq's incremental-state buffers
         state = {}
-        for i, layer in enumerate(dec.layers):
-            layer.self_attn._set_input_buffer(
-                state, {"prev_key": cache_key[i], "prev_value": cache_value[i], "prev_key_padding_mask": None})
+        # eager PyTorch cannot view an empty cache the way fairseq does (an export always traces this)
+        if torch.compiler.is_exporting() or cache_key.size(3) > 0:
+            for i, layer in enumerate(dec.layers):
+                layer.self_attn._set_input_buffer(state, {"prev_key": cache_key[i].contiguous(),
+                                                          "prev_value": cache_value[i].contiguous(),
+                                                          "prev_key_padding_mask": None})
         for layer in dec.layers:
             x, _, _ = layer(x, incremental_state=state, self_attn_mask=None, self_attn_padding_mask=None)
         new_key = torch.stack([layer.self_attn._get_input_buffer(state)["prev_key"] for layer in dec.layers])

@@ -38,7 +38,7 @@ from fairseq_hkd.runtime.model_dir import CONFIG_NAME, FORMAT, VERSION, ModelDir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "load_checkpoint", "export_model_dir", "cli_main"]
+__all__ = ["ExportError", "load_checkpoint", "export_model_dir", "quantize_model_dir", "cli_main"]
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
@@ -145,6 +145,9 @@ def _export(module: torch.nn.Module, args: Tuple, path: str, input_names, output
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, path, dynamo=True, external_data=False, input_names=input_names,
                           output_names=output_names, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    import onnx
+
+    onnx.checker.check_model(path)
 
 
 def export_encoder(model, path: str) -> None:
@@ -217,36 +220,33 @@ def _alpha_head_nodes(path: str):
 # 3. the directory -------------------------------------------------------------------------------
 def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Optional[str] = None,
                      checkpoint: Optional[str] = None) -> Dict:
-    """Write the model directory; returns its config."""
-    import onnx
-
+    """Write the model directory (fp32 graphs; with ``quantize="int8"`` exported to a temporary
+    directory and quantized into ``out_dir``); returns its config."""
     import fairseq_hkd
 
     frontend = frontend_config(task)
+    if quantize is not None:
+        if quantize != "int8":
+            raise ExportError(f"--quantize {quantize!r}: only int8 is supported")
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            export_model_dir(model, task, dict_path, tmp, None, checkpoint)
+            return quantize_model_dir(tmp, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     ar = bool(model.decoder.autoregressive)
     files = {"encoder": ENCODER_FILE, "decoder": DECODER_STEP_FILE if ar else DECODER_NAR_FILE,
              "dictionary": DICT_FILE}
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        t0 = time.perf_counter()
-        fp32 = {k: os.path.join(tmp, v) for k, v in files.items() if k != "dictionary"}
-        export_encoder(model, fp32["encoder"])
-        (export_decoder_step if ar else export_decoder_nar)(model, fp32["decoder"])
-        logger.info(f"exported the graphs in {time.perf_counter() - t0:.1f} s")
-        for key, src in fp32.items():
-            onnx.checker.check_model(src)
-            dst = os.path.join(out_dir, files[key])
-            if quantize == "int8":
-                quantize_int8(src, dst, exclude_alpha_head=key == "encoder")
-            else:
-                shutil.move(src, dst)
+    t0 = time.perf_counter()
+    export_encoder(model, os.path.join(out_dir, ENCODER_FILE))
+    (export_decoder_step if ar else export_decoder_nar)(model, os.path.join(out_dir, files["decoder"]))
+    logger.info(f"exported the graphs in {time.perf_counter() - t0:.1f} s")
     shutil.copyfile(dict_path, os.path.join(out_dir, DICT_FILE))
     attn = model.decoder.layers[0].self_attn
     dictionary = task.target_dictionary
     config = {
         "format": FORMAT,
         "version": VERSION,
-        "precision": quantize or "fp32",
+        "precision": "fp32",
         "files": files,
         "frontend": frontend,
         "units": {"unit": str(task.cfg.unit), "lowercase": bool(task.cfg.lowercase)},
@@ -259,11 +259,35 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
                     "heads": int(attn.num_heads), "head_dim": int(attn.head_dim)},
         "source": {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
                    "arch": getattr(model.cfg, "_name", None), "fairseq_hkd": fairseq_hkd.__version__,
-                   "torch": torch.__version__, "onnx_opset": _opset(os.path.join(out_dir, files["encoder"]))},
+                   "torch": torch.__version__, "onnx_opset": _opset(os.path.join(out_dir, ENCODER_FILE))},
     }
+    _write_config(out_dir, config)
+    return config
+
+
+def quantize_model_dir(src_dir: str, out_dir: str) -> Dict:
+    """An fp32 model directory -> the same with int8 MatMul/Gemm weights (``quantize_int8``; the
+    CIF weight predictor's last projection stays float). Returns the new config."""
+    from fairseq_hkd.runtime.model_dir import read_model_dir
+
+    src = read_model_dir(src_dir)
+    if src.config["precision"] != "fp32":
+        raise ExportError(f"{os.path.join(src_dir, CONFIG_NAME)}: precision {src.config['precision']}, "
+                          "quantization needs an fp32 export")
+    os.makedirs(out_dir, exist_ok=True)
+    for key, name in src.config["files"].items():
+        if key == "dictionary":
+            shutil.copyfile(src.file(key), os.path.join(out_dir, name))
+        else:
+            quantize_int8(src.file(key), os.path.join(out_dir, name), exclude_alpha_head=key == "encoder")
+    config = dict(src.config, precision="int8")
+    _write_config(out_dir, config)
+    return config
+
+
+def _write_config(out_dir: str, config: Dict) -> None:
     with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
-    return config
 
 
 def _opset(path: str) -> int:

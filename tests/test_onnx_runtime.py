@@ -1,0 +1,342 @@
+"""ONNX export and the torch-free runtime (issue 16).
+
+* the numpy CIF against the op (fires, lengths, embeddings) and the numpy search against the PyTorch
+  generator (same decoder step, in PyTorch): no export needed, fast;
+* ``fairseq-hkd-export`` on the overfit tiny model of tests/test_generate_e2e.py (``trained_cif``):
+  transcripts equal the generator's token for token (greedy and beam), encoder states and CIF
+  embeddings within 1e-4; an int8 copy decodes; a non-autoregressive variant equals ``nar_argmax``;
+* the runtime in a subprocess where importing torch or fairseq fails, through the console script;
+* bad inputs: one-line errors naming the file.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from fairseq_hkd.runtime.cif import cif_numpy
+from fairseq_hkd.runtime.search import beam_search
+from test_generate_e2e import trained_cif  # noqa: F401  (shared session fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+# a sys.meta_path finder that makes torch and fairseq look uninstalled (as in a deployment)
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+sys.meta_path.insert(0, _Block())
+"""
+TORCH_STACK = ("torch", "fairseq", "fairseq_cli", "triton", "transformers", "scipy")
+
+
+def blocked_python(code: str, blocked=TORCH_STACK, **kw) -> subprocess.CompletedProcess:
+    prelude = BLOCK_TORCH.format(blocked=set(blocked))
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, **kw)
+
+
+# 1. numpy CIF and search, no export ---------------------------------------------------------------
+def test_cif_numpy_matches_op():
+    """Same fires and lengths as fairseq_hkd.ops.cif (float64 plan), embeddings within 1e-5, over
+    random sizes, thresholds, tails, padding, and weights on exact fire boundaries."""
+    from fairseq_hkd.ops.cif import cif
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        B, T, C = int(rng.integers(1, 5)), int(rng.integers(0, 50)), int(rng.integers(1, 7))
+        alpha = (rng.random((B, T)) * rng.choice([0.5, 1.0, 1.3])).astype(np.float32)
+        if trial % 4 == 0:
+            alpha = np.round(alpha * 4) / 4  # sums land exactly on thresholds
+        h = rng.standard_normal((B, T, C)).astype(np.float32)
+        lengths = rng.integers(0, T + 1, size=B)
+        beta, tail = float(rng.choice([1.0, 0.9])), [None, 0.5, 0.3][trial % 3]
+        pad = torch.from_numpy(np.arange(T)[None] >= lengths[:, None])
+        ref = cif(torch.from_numpy(alpha), torch.from_numpy(h), pad, threshold=beta, tail_threshold=tail)
+        got = cif_numpy(alpha, h, lengths, beta, tail)
+        np.testing.assert_array_equal(got.lengths, ref.lengths.numpy())
+        np.testing.assert_array_equal(got.fire_mask, ref.fire_mask.numpy())
+        np.testing.assert_allclose(got.embeddings, ref.embeddings.numpy(), atol=1e-5, rtol=0)
+
+
+def _random_model(decoder_type="autoregressive", vocab=12):
+    from fairseq.data import Dictionary
+
+    from fairseq_hkd.models.cif_model import ARCHITECTURES, CifModel, CifModelConfig
+
+    d = Dictionary()
+    for i in range(vocab - len(d)):
+        d.add_symbol(f"u{i}")
+    torch.manual_seed(0)
+    cfg = CifModelConfig(**dict(ARCHITECTURES["cif_tiny"], decoder_type=decoder_type, encoder_layers=1))
+    return CifModel.build_model(cfg, SimpleNamespace(target_dictionary=d)).eval(), d
+
+
+@pytest.mark.parametrize("beam,eos_slack", [(1, 0), (3, 0), (5, 1)])
+def test_search_matches_generator(beam, eos_slack):
+    """The numpy beam search driven by the exported step module (run in PyTorch) chooses the
+    generator's tokens; lengths include 0 and 1 (an utterance that did not fire)."""
+    from fairseq_hkd.export.graphs import DecoderStepGraph
+    from fairseq_hkd.generation.cif_generator import CifGenerator
+
+    model, d = _random_model()
+    step = DecoderStepGraph(model)
+    gen = CifGenerator([model], d, beam_size=beam, eos_slack=eos_slack)
+    torch.manual_seed(1)
+    lengths = torch.tensor([7, 0, 3, 1, 9])
+    emb = torch.randn(5, 9, model.encoder_embed_dim) * (torch.arange(9)[None, :, None] < lengths[:, None, None])
+    ref = gen.beam_search(emb, lengths)
+
+    def step_fn(tok, c_prev, c_cur, i, ck, cv):
+        with torch.no_grad():
+            out = step(*(torch.from_numpy(np.asarray(x)) for x in (tok, c_prev, c_cur, np.array(i), ck, cv)))
+        return [o.numpy() for o in out]
+
+    attn = model.decoder.layers[0].self_attn
+    hyps = beam_search(step_fn, emb.numpy(), lengths.numpy(), beam, len(d),
+                       (len(model.decoder.layers), attn.num_heads, attn.head_dim), d.bos(), d.pad(), d.eos(), eos_slack)
+    for b, hyp in enumerate(hyps):
+        n = int(ref.lengths[b, 0])
+        assert hyp.tokens.tolist() == ref.tokens[b, 0, :n].tolist(), b
+        assert hyp.score == pytest.approx(float(ref.scores[b, 0]), abs=1e-4)
+
+
+# 2. export of the trained tiny model -------------------------------------------------------------
+_EXPORTED = {}
+
+
+@pytest.fixture(scope="module")
+def exported(trained_cif, venv_bin, tmp_path_factory):
+    """fairseq-hkd-export (the console script) of the overfit model: SimpleNamespace(fp32, int8)."""
+    if "dirs" not in _EXPORTED:
+        root = tmp_path_factory.mktemp("onnx")
+        fp32 = root / "fp32"
+        proc = subprocess.run([str(venv_bin / "fairseq-hkd-export"), "--path", str(trained_cif.ckpt), "--out",
+                               str(fp32)], cwd=REPO, capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "DEBUG" not in proc.stderr, "the exporter's DEBUG chatter reached the console"
+        from fairseq_hkd.export.onnx_export import quantize_model_dir
+
+        quantize_model_dir(str(fp32), str(root / "int8"))
+        _EXPORTED["dirs"] = SimpleNamespace(fp32=fp32, int8=root / "int8")
+    return _EXPORTED["dirs"]
+
+
+def _torch_reference(trained, feats, beam):
+    from fairseq import checkpoint_utils
+
+    from fairseq_hkd.generation.cif_generator import CifGenerator
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(trained.ckpt)])
+    model = models[0].eval()
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    src = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for b, f in enumerate(feats):
+        src[b, : f.shape[0]] = torch.from_numpy(f)
+    with torch.no_grad():
+        enc = model.forward_encoder(src, lengths)
+        _, cif_out = model.forward_cif(enc)
+        hypos = CifGenerator([model], task.target_dictionary, beam_size=beam).decode(src, lengths).hypos
+    return task, enc, cif_out, hypos
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_onnx_equals_pytorch(trained_cif, exported, beam):
+    """fp32: the generator's tokens on every test utterance (one padded batch), encoder states and
+    CIF embeddings within 1e-4, and the overfit transcripts themselves."""
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    rec = OnnxRecognizer(str(exported.fp32), beam=beam)
+    feats = [rec.frontend.read(e.audio)[0] for e in entries]
+    task, enc, cif_out, hypos = _torch_reference(trained_cif, feats, beam)
+    got = rec.decode_features(feats, keep_states=True)
+    eos = task.target_dictionary.eos()
+    for b, (e, dec) in enumerate(zip(entries, got)):
+        n = int(enc["encoder_lengths"][b])
+        np.testing.assert_allclose(dec.encoder_out, enc["encoder_out"][b, :n].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(dec.cif_embeddings, cif_out.embeddings[b, : int(cif_out.lengths[b])].numpy(),
+                                   atol=1e-4, rtol=0)
+        assert dec.tokens == [int(t) for t in hypos[b][0]["tokens"] if int(t) != eos]
+        assert dec.score == pytest.approx(hypos[b][0]["score"], abs=1e-3)
+        assert dec.text == e.tgt_text
+        assert dec.fires.tolist() == hypos[b][0]["fires"].tolist()
+
+
+def test_int8_and_config(exported, trained_cif):
+    """The int8 copy is smaller and still transcribes the overfit utterances; config.json carries
+    the front end (fbank options, CMVN) and the units."""
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    cfg = json.loads((exported.int8 / "config.json").read_text())
+    assert cfg["precision"] == "int8" and cfg["units"]["unit"] == "char"
+    assert cfg["frontend"]["fbank"]["mel_opts"]["num_bins"] == 80 and cfg["frontend"]["fbank"]["frame_opts"]["dither"] == 0
+    assert cfg["frontend"]["cmvn"]["type"] in ("global", "utterance", "none")
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        assert (exported.int8 / name).stat().st_size < 0.6 * (exported.fp32 / name).stat().st_size
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    rec = OnnxRecognizer(str(exported.int8), beam=1)
+    texts = [d.text for d in rec.decode_files([e.audio for e in entries])]
+    wrong = sum(t != e.tgt_text for t, e in zip(texts, entries))
+    assert wrong <= 1, texts
+
+
+def test_nar_export(trained_cif, exported, tmp_path):
+    """A non-autoregressive decoder exports as one graph and decodes as ``nar_argmax``: the trained
+    encoder with a random NAR decoder; the encoder graph is the AR export's (same weights), only the
+    decoder is exported here (each export costs seconds per layer)."""
+    from fairseq import checkpoint_utils, tasks
+    from omegaconf import open_dict
+
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.export.onnx_export import DECODER_NAR_FILE, export_decoder_nar
+    from fairseq_hkd.generation.cif_generator import CifGenerator
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(trained_cif.ckpt))
+    with open_dict(state["cfg"]):
+        state["cfg"]["model"]["decoder_type"] = "non_autoregressive"
+    task = tasks.setup_task(state["cfg"]["task"])
+    torch.manual_seed(0)
+    model = task.build_model(state["cfg"]["model"]).eval()
+    model.load_state_dict({**model.state_dict(),
+                           **{k: v for k, v in state["model"].items() if not k.startswith("decoder.")}})
+    out = tmp_path / "nar"
+    shutil.copytree(exported.fp32, out)
+    (out / "decoder_step.onnx").unlink()
+    export_decoder_nar(model, str(out / DECODER_NAR_FILE))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["files"]["decoder"], cfg["decoder"]["type"] = DECODER_NAR_FILE, "non_autoregressive"
+    (out / "config.json").write_text(json.dumps(cfg))
+
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    rec = OnnxRecognizer(str(out))
+    feats = [rec.frontend.read(e.audio)[0] for e in entries]
+    got = rec.decode_features(feats)
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    src = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for b, f in enumerate(feats):
+        src[b, : f.shape[0]] = torch.from_numpy(f)
+    d = task.target_dictionary
+    hypos = CifGenerator([model], d, beam_size=1).decode(src, lengths).hypos
+    assert all(len(dec.tokens) > 3 for dec in got)
+    for dec, hyp in zip(got, hypos):
+        assert dec.tokens == [int(t) for t in hyp[0]["tokens"] if int(t) != d.eos()]
+
+
+# 3. the runtime without torch ---------------------------------------------------------------------
+def test_runtime_without_torch(exported, trained_cif, venv_bin):
+    """The console script with --backend onnx and the Python API run where torch, fairseq (and
+    transformers, scipy) cannot be imported, and give the in-process transcripts."""
+    from fairseq_hkd.data.manifest import read_manifest
+
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    code = f"""
+import json, sys
+sys.argv = ["fairseq-hkd-transcribe", "--backend", "onnx", "--model-dir", {str(exported.fp32)!r}, "--beam", "4",
+            "--timestamps", "--quiet", "--manifest", {str(trained_cif.data / "test.tsv")!r}]
+from fairseq_hkd.runtime.cli import transcribe_main
+transcribe_main()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {set(TORCH_STACK)!r})
+ours = sorted(m for m in sys.modules if m.startswith(("fairseq_hkd.models", "fairseq_hkd.ops", "fairseq_hkd.tasks")))
+print("MODULES", json.dumps(heavy + ours))
+"""
+    proc = blocked_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().split("\n")
+    assert lines[-1] == "MODULES []"
+    for line, e in zip(lines[:-1], entries):
+        utt_id, text, stamps = line.split("\t")
+        assert (utt_id, text) == (e.id, e.tgt_text)
+        times = [float(s.rsplit(":", 1)[1]) for s in stamps.split(" ")]
+        assert times == sorted(times)
+    assert "WER 0.00%" in proc.stderr
+
+
+def test_package_import_without_torch_and_genuine_errors():
+    """``import fairseq_hkd`` skips registration when torch/fairseq are absent, but an ImportError
+    of anything else (here a dependency of fairseq) still propagates."""
+    proc = blocked_python("import fairseq_hkd, sys; print('torch' in sys.modules, 'fairseq_hkd.tasks' in sys.modules)")
+    assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
+    proc = blocked_python("import fairseq_hkd", blocked=("hydra",))
+    assert proc.returncode != 0 and "hydra" in proc.stderr.strip().splitlines()[-1]
+
+
+# 4. bad inputs ------------------------------------------------------------------------------------
+def _export_error(capsys, *argv) -> str:
+    from fairseq_hkd.export.onnx_export import cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(list(argv))
+    msg = str(e.value.code)
+    assert "\n" not in msg and msg.startswith("fairseq-hkd-export: error: "), msg
+    return msg
+
+
+def test_export_bad_inputs(trained_cif, tmp_path, capsys):
+    from fairseq import checkpoint_utils
+
+    ckpt = str(trained_cif.ckpt)
+    # a checkpoint of another task
+    state = checkpoint_utils.load_checkpoint_to_cpu(ckpt)
+    state["cfg"]["task"]["_name"] = "speech_to_text"
+    other = tmp_path / "other_task.pt"
+    torch.save(state, other)
+    msg = _export_error(capsys, "--path", str(other), "--out", str(tmp_path / "o1"))
+    assert str(other) in msg and "speech_to_text" in msg
+    # a data directory without dict.txt
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    msg = _export_error(capsys, "--path", ckpt, "--data", str(empty), "--out", str(tmp_path / "o2"))
+    assert str(empty / "dict.txt") in msg
+    # a dictionary of another size
+    data = tmp_path / "data"
+    shutil.copytree(trained_cif.data, data)
+    with open(data / "dict.txt", "a") as f:
+        f.write("extra 1\n")
+    msg = _export_error(capsys, "--path", ckpt, "--data", str(data), "--out", str(tmp_path / "o3"))
+    assert str(data / "dict.txt") in msg and "symbols" in msg
+    # not a checkpoint at all
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert str(junk) in _export_error(capsys, "--path", str(junk), "--out", str(tmp_path / "o4"))
+
+
+def test_model_dir_missing_or_mismatched_file(exported, trained_cif, tmp_path):
+    """A model directory with a missing graph or a dictionary of another model: one line naming the
+    file (console script, exit status != 0, no traceback)."""
+    wav = read_first_audio(trained_cif)
+    for case in ("missing", "dict"):
+        d = tmp_path / case
+        shutil.copytree(exported.fp32, d)
+        if case == "missing":
+            (d / "decoder_step.onnx").unlink()
+            named = d / "decoder_step.onnx"
+        else:
+            with open(d / "dict.txt", "a") as f:
+                f.write("extra 1\n")
+            named = d / "dict.txt"
+        proc = blocked_python(f"""
+import sys
+from fairseq_hkd.runtime.cli import transcribe_main
+transcribe_main(["--backend", "onnx", "--model-dir", {str(d)!r}, {wav!r}])
+""")
+        assert proc.returncode != 0
+        err = proc.stderr.strip().splitlines()
+        assert "Traceback" not in proc.stderr and len(err) == 1 and str(named) in err[0], proc.stderr
+
+
+def read_first_audio(trained) -> str:
+    from fairseq_hkd.data.manifest import read_manifest
+
+    return read_manifest(trained.data / "test.tsv")[0].audio
