@@ -1,75 +1,130 @@
 #!/usr/bin/env bash
 # The paper's ablation on the synthesized corpus: CIF, +ACD, +LRD, +HKD (ACD + LRD), several seeds
-# each, reported as mean and spread of the test WER. Longer than the demo; not run in CI.
+# each. Reports mean +- sd of the WER per system, per-seed paired differences to CIF, and a paired
+# bootstrap over test utterances (95 % interval of the WER difference, seeds averaged). Longer than
+# the demo; not run in CI.
 #
 # Usage:
-#   examples/synth/ablation.sh                                   # seeds 1 2, exp/synth-ablation
-#   examples/synth/ablation.sh --seeds "1 2 3" --max-update 3000 --parallel 1
+#   examples/synth/ablation.sh                         # CIF, HKD seeds 1 2 3; ACD, LRD seeds 1 2
+#   examples/synth/ablation.sh --max-update 2600 --max-tokens 2500 --exp exp/abl2600 --results examples/synth/results/abl2600
+#   examples/synth/ablation.sh --main-seeds "1 2" --part-seeds "1" --parallel 1
 #
 # Runs prepare.sh if needed, then train.sh + decode.sh per (system, seed) into EXP/SYSTEM-sSEED
-# (finished runs are skipped, so an interrupted ablation resumes), then prints the table
-# (mean, sample standard deviation, min-max over seeds) to stdout and EXP/ablation-table.md.
+# (finished runs are skipped, so an interrupted ablation resumes). Each finished run's summary
+# (summarize.sh) goes to RESULTS/SYSTEM-sSEED.txt at once, with the test references and hypotheses
+# (the T-/D- lines of fairseq-generate's output) in RESULTS/SYSTEM-sSEED.generate-test.txt for the bootstrap. CIF seed 1 keeps every
+# epoch's checkpoint; they are decoded on heldout for the learning curve RESULTS/curve-cif-s1.tsv.
+# The table goes to stdout and RESULTS/ablation-table.md.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth
+export PATH="$REPO/.venv/bin:$PATH"
 log() { echo "[synth/ablation $(date +%H:%M:%S)] $*"; }
 
 data=$REPO/data/synth
 exp=$REPO/exp/synth-ablation
-seeds="1 2"
+results=""        # default: EXP/results
+main_seeds="1 2 3"  # CIF and HKD
+part_seeds="1 2"    # ACD and LRD alone
 max_update=1300
-train_minutes=0
+max_tokens=5000
+conf=tiny
 beam=5
 parallel=2        # runs side by side
+curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
-[ "$(echo $seeds | wc -w)" -ge 2 ] || { echo "$0: give at least 2 seeds for a spread" >&2; exit 2; }
+[ -n "$results" ] || results=$exp/results
+[ "$(echo $main_seeds | wc -w)" -ge 2 ] || { echo "$0: give at least 2 --main-seeds for a spread" >&2; exit 2; }
+mkdir -p "$results"
+commit=$(git -C "$REPO" rev-parse --short HEAD)
 
 # system: criterion acd_weight lrd_weight
 declare -A systems=([cif]="cif 0 0" [acd]="cif_hkd 1.0 0" [lrd]="cif_hkd 0 0.01" [hkd]="cif_hkd 1.0 0.01")
-order="cif acd lrd hkd"
+declare -A names=([cif]="CIF" [acd]="CIF + ACD" [lrd]="CIF + LRD" [hkd]="CIF + HKD")
+seeds_of() { case $1 in cif|hkd) echo "$main_seeds" ;; *) echo "$part_seeds" ;; esac; }
+# the order runs start in: seed-major, so that an interrupted ablation has whole seeds of every system
+jobs_list=()
+for seed in $(echo $main_seeds $part_seeds | tr ' ' '\n' | sort -un); do
+  for sys in cif hkd acd lrd; do
+    [[ " $(seeds_of $sys) " == *" $seed "* ]] && jobs_list+=("$sys:$seed")
+  done
+done
 
 "$HERE/prepare.sh" --data "$data"
 
-# Runs go side by side, `--parallel` at a time, each on nproc / parallel threads (two 1-thread runs make more
-# updates per second in total than one 2-thread run on 2 cores).
+# Runs go side by side, `--parallel` at a time, each on nproc / parallel threads (two 1-thread runs
+# make more updates per second in total than one 2-thread run on 2 cores).
 threads=$(( $(nproc 2>/dev/null || echo 2) / parallel )); [ "$threads" -ge 1 ] || threads=1
-run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless done before
-  local sys=$1 seed=$2 dir=$exp/$1-s$2 criterion acd lrd
+run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless done before; summary to RESULTS
+  local sys=$1 seed=$2 dir=$exp/$1-s$2 criterion acd lrd epochs=no
   read -r criterion acd lrd <<< "${systems[$sys]}"
   if [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ]; then
-    log "$sys seed $seed: done before, skipped"; return 0; fi
-  log "$sys seed $seed: training ($threads thread(s))"
-  OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$dir" --criterion "$criterion" \
-    --acd-weight "$acd" --lrd-weight "$lrd" --seed "$seed" --max-update "$max_update" \
-    --train-minutes "$train_minutes" | { grep --line-buffered -E "\| heldout \||done training" | sed -u "s/^/[$sys-s$seed] /" || true; }
-  OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
+    log "$sys seed $seed: done before, skipped"
+  else
+    [ "$sys:$seed:$curve" = "cif:1:yes" ] && epochs=yes
+    log "$sys seed $seed: training ($threads thread(s))"
+    OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$dir" --criterion "$criterion" \
+      --acd-weight "$acd" --lrd-weight "$lrd" --seed "$seed" --max-update "$max_update" --max-tokens "$max_tokens" --conf "$conf" \
+      --epoch-checkpoints "$epochs" | { grep --line-buffered -E "\| heldout \||done training" | sed -u "s/^/[$sys-s$seed] /" || true; }
+    grep -q "done training" "$dir/train.log" || { echo "$0: training $sys seed $seed failed: $dir/train.log" >&2; return 1; }
+    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
+  fi
+  "$HERE/summarize.sh" --exp "$dir" --commit "$commit" --out "$results/$sys-s$seed.txt" > /dev/null
+  grep -E "^(T|D)-|WER: " "$dir/decode-test/generate-test.txt" > "$results/$sys-s$seed.generate-test.txt"
 }
 failed=0
-for sys in $order; do
-  for seed in $seeds; do
-    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || failed=1; done
-    run_one "$sys" "$seed" &
-  done
+for job in "${jobs_list[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || failed=1; done
+  run_one "${job%%:*}" "${job##*:}" &
 done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
 [ "$failed" = 0 ] || { echo "$0: a run failed (see EXP/*/train.log and decode-*.log)" >&2; exit 1; }
 
+# Learning curve of CIF seed 1: heldout WER of every epoch checkpoint, with the validation's fire-count
+# accuracy and teacher-forced token error of that epoch.
+if [ "$curve" = yes ] && ls "$exp/cif-s1"/checkpoint[0-9]*.pt > /dev/null 2>&1; then
+  curve_file=$results/curve-cif-s1.tsv
+  echo -e "epoch\tupdates\theldout_wer\tfire_acc\ttf_ter" > "$curve_file.tmp"
+  for ckpt in $(ls "$exp/cif-s1"/checkpoint[0-9]*.pt | sort -V); do
+    epoch=$(basename "$ckpt" .pt); epoch=${epoch#checkpoint}
+    OMP_NUM_THREADS=$(nproc) "$HERE/decode.sh" --data "$data" --exp "$exp/cif-s1" --checkpoint "$(basename "$ckpt")" \
+      --subsets heldout --beam "$beam" --suffix "-epoch$epoch" > /dev/null
+    line=$(grep -E "\| heldout \| epoch $(printf %03d "$epoch") \| valid on" "$exp/cif-s1/train.log" | tail -n 1)
+    get() { echo "$line" | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"; }
+    echo -e "$epoch\t$(get num_updates)\t$(cat "$exp/cif-s1/wer-summary-heldout-epoch$epoch.txt")\t$(get fire_acc)\t$(get tf_ter)" >> "$curve_file.tmp"
+  done
+  mv "$curve_file.tmp" "$curve_file"
+  log "learning curve: $curve_file"; column -t "$curve_file"
+fi
+
 stats() {  # stats FILE...: "mean ± sd (min-max)" of the numbers in the files
   cat "$@" | awk '{x[NR]=$1; s+=$1} END {m=s/NR; for(i=1;i<=NR;i++){v+=(x[i]-m)^2; if(i==1||x[i]<lo)lo=x[i]; if(i==1||x[i]>hi)hi=x[i]}
-    printf "%.1f ± %.1f (%.1f-%.1f)", m, (NR>1 ? sqrt(v/(NR-1)) : 0), lo, hi}'
+    printf "%.2f ± %.2f (%.2f-%.2f)", m, (NR>1 ? sqrt(v/(NR-1)) : 0), lo, hi}'
 }
+field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
 {
-  echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | seeds |"
-  echo "|---|---|---|---|---|"
-  declare -A names=([cif]="CIF" [acd]="CIF + ACD" [lrd]="CIF + LRD" [hkd]="CIF + HKD")
-  for sys in $order; do
+  echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | heldout fire-count acc. % | seeds |"
+  echo "|---|---|---|---|---|---|"
+  for sys in cif acd lrd hkd; do
     read -r criterion acd lrd <<< "${systems[$sys]}"
-    test_files=() heldout_files=()
-    for seed in $seeds; do test_files+=("$exp/$sys-s$seed/wer-summary-test.txt"); heldout_files+=("$exp/$sys-s$seed/wer-summary-heldout.txt"); done
-    echo "| ${names[$sys]} | ACD $acd, LRD $lrd | $(stats "${test_files[@]}") | $(stats "${heldout_files[@]}") | $seeds |"
+    test_files=() heldout_files=() fire=()
+    for seed in $(seeds_of $sys); do
+      test_files+=("$exp/$sys-s$seed/wer-summary-test.txt"); heldout_files+=("$exp/$sys-s$seed/wer-summary-heldout.txt")
+      fire+=("$(field "$results/$sys-s$seed.txt" "heldout fire_acc")"); done
+    echo "| ${names[$sys]} | ACD $acd, LRD $lrd | $(stats "${test_files[@]}") | $(stats "${heldout_files[@]}") | $(printf '%s\n' "${fire[@]}" | stats /dev/stdin) | $(seeds_of $sys) |"
   done
   echo
-  echo "mean ± sample standard deviation (min-max) over seeds; cif_tiny, $max_update updates, beam $beam."
-} | tee "$exp/ablation-table.md"
+  echo "mean ± sample standard deviation (min-max) over seeds; conf/$conf.sh, $max_update updates of <= $max_tokens frames, beam $beam, commit $commit."
+  echo
+  echo "Paired comparisons with CIF on test (seeds paired by number; bootstrap over the test utterances):"
+  echo
+  for sys in acd lrd hkd; do
+    base=() syst=()
+    for seed in $(seeds_of $sys); do
+      base+=("$results/cif-s$seed.generate-test.txt"); syst+=("$results/$sys-s$seed.generate-test.txt"); done
+    echo "- $(python -m fairseq_hkd.generation.significance --baseline "${base[@]}" --system "${syst[@]}" \
+      --names CIF "${names[$sys]}" 2> /dev/null)"
+  done
+} | tee "$results/ablation-table.md"

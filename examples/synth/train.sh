@@ -21,8 +21,10 @@ acd_weight=1.0     # cif_hkd only
 lrd_weight=0.01    # cif_hkd only
 seed=1
 max_update=1300
+max_tokens=5000    # padded 10 ms frames per batch (conf/tiny.sh)
 train_minutes=0    # > 0: also stop after this wall-clock time (fairseq --stop-time-hours)
 conf=tiny          # conf/$conf.sh
+epoch_checkpoints=no  # yes: also keep checkpointN.pt of every epoch (learning curves)
 plm=""
 
 . "$REPO/examples/common.sh"
@@ -32,8 +34,9 @@ parse_options "$@"  # --some-name VALUE sets some_name
 if [ -f "$conf" ]; then . "$conf"; else . "$HERE/conf/$conf.sh"; fi  # a name in conf/ or a file
 
 add_criterion_args "$criterion" "$acd_weight" "$lrd_weight"
-run_args=(--seed "$seed" --save-dir "$exp" --no-epoch-checkpoints --train-subset train --valid-subset heldout
+run_args=(--seed "$seed" --save-dir "$exp" --train-subset train --valid-subset heldout
           --num-workers 0 --log-format simple --log-interval 25)
+[ "$epoch_checkpoints" = yes ] || run_args+=(--no-epoch-checkpoints)
 python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || run_args+=(--cpu)
 [ "$train_minutes" = 0 ] || run_args+=(--stop-time-hours "$(python -c "print($train_minutes / 60)")")
 

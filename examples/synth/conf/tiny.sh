@@ -1,6 +1,6 @@
 # cif_tiny at 80 ms frames on the synthesized corpus: the demo's recipe. The subsampled input is
 # scaled by sqrt(D) before the first conformer layer, as in fairseq's conformer (results/README.md). Sourced by train.sh with
-# $max_update set. Adam 2e-3 with a 200-step warm-up, hold to half, decay; <= 5,000 padded frames per
+# $max_update set. Adam 2e-3 with a 200-step warm-up, hold to half, decay; <= $max_tokens (default 5,000) padded frames per
 # batch; light SpecAugment. Speed (benchmarks/bench_train.py --compare): 80 ms frames (three stride-2
 # conv layers) and packed dropout masks; bf16 autocast where the CPU computes bf16 natively.
 warmup=$(( max_update < 800 ? max_update / 4 : 200 ))
@@ -15,7 +15,7 @@ optim_args=(
   --optimizer adam --adam-betas "(0.9, 0.98)" --adam-eps 1e-8 --weight-decay 0.0 --clip-norm 5.0
   --lr 2e-3 --lr-scheduler tri_stage --init-lr-scale 0.01 --final-lr-scale 0.05
   --warmup-steps "$warmup" --hold-steps $(( max_update / 2 - warmup )) --decay-steps $(( max_update - max_update / 2 ))
-  --max-update "$max_update" --max-tokens 5000 --required-batch-size-multiple 1
+  --max-update "$max_update" --max-tokens "${max_tokens:-5000}" --required-batch-size-multiple 1
   --autocast-bf16 auto  # speed: bf16 forward only where the CPU computes bf16 natively
 )
 # CIF losses (CE with label smoothing 0.1 + 1.0 quantity + 0.5 CTC); cif_hkd adds ACD/LRD weights.
