@@ -1,0 +1,50 @@
+"""Is a CIF model's token count off by a bias or by noise? Fire-count accuracy with the weights scaled.
+
+Usage::
+
+    python scripts/fire_count_calibration.py --path exp/synth/cif/checkpoint_best.pt --data data/synth \\
+        --splits heldout test --scales 1.0 1.02 1.04 1.06
+
+For each split and scale c: the fraction of utterances whose inference token count (floor of
+c * sum(alpha) plus the tail rule at 0.5) equals the target length S (units + </s>), and the mean of
+c * sum(alpha) - S. If some c != 1 raised the accuracy a lot, the count error would be a bias a
+calibration (or a stronger quantity loss) could remove; if c = 1 is best, the error is spread
+around the target and only a better encoder / weight predictor helps.
+"""
+import argparse
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--path", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--splits", nargs="+", default=["heldout"])
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 1.02, 1.04, 1.06, 1.08])
+    args = p.parse_args()
+
+    from fairseq import checkpoint_utils
+    import fairseq_hkd  # noqa: F401  (registers the task and model)
+    from fairseq_hkd.criterions.losses import predicted_token_counts
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides={"data": args.data})
+    model = models[0].eval()
+    for split in args.splits:
+        task.load_dataset(split)
+        alphas, lengths = [], []
+        with torch.no_grad():
+            for s in task.get_batch_iterator(task.dataset(split), max_tokens=20000).next_epoch_itr(shuffle=False):
+                out = model(**s["net_input"], target_lengths=s["target_lengths"])
+                alphas.append(out["alpha"].double())
+                lengths.append(s["target_lengths"])
+        for c in args.scales:
+            acc = np.concatenate([(predicted_token_counts(a * c, 1.0, 0.5) == t).numpy() for a, t in zip(alphas, lengths)])
+            diff = np.concatenate([(a.sum(1) * c - t).numpy() for a, t in zip(alphas, lengths)])
+            print(f"{split}\tscale {c:.2f}\tfire-count accuracy {100 * acc.mean():.1f} %\t"
+                  f"mean(c*sum(alpha) - S) {diff.mean():+.3f}\tmean |.| {np.abs(diff).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
