@@ -23,6 +23,7 @@ from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs
 from fairseq_hkd.generation.pipeline import PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.results import join_texts, word_spans
 from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig
+from test_generate_e2e import trained_cif  # noqa: F401  (shared session fixture: one training run)
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
