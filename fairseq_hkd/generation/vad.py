@@ -7,7 +7,8 @@ costs. :class:`SileroVad` runs the same TorchScript modules of the same file
 frames: the STFT and the convolutional encoder on [N, 576] (each 512-sample frame with the 64
 samples before it, as the stock model keeps them), the LSTM cell's weights in one ``nn.LSTM``
 over the N steps, then the model's own output head. Same probabilities as the stock per-frame
-loop (``tests/test_transcribe_long.py`` compares them); about 20x faster.
+loop (``tests/test_transcribe_long.py`` compares them, within 1e-4); 5x faster (RTF 0.0039 vs
+0.020 on one thread, BENCHMARKS.md).
 
 The package is loaded without importing ``silero_vad`` itself: its ``model.py`` calls
 ``torch.set_num_threads(1)`` on import, which would slow the ASR model on a multi-core machine.
