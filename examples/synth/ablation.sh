@@ -95,6 +95,9 @@ if [ "$curve" = yes ] && ls "$exp/cif-s1"/checkpoint[0-9]*.pt > /dev/null 2>&1; 
     get() { echo "$line" | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"; }
     echo -e "$epoch\t$(get num_updates)\t$(cat "$exp/cif-s1/wer-summary-heldout-epoch$epoch.txt")\t$(get fire_acc)\t$(get tf_ter)" >> "$curve_file.tmp"
   done
+  # the run ends mid-epoch at --max-update: its last row is the final checkpoint run_one decoded
+  line=$(grep -E "\| heldout \| .*valid on" "$exp/cif-s1/train.log" | tail -n 1)
+  echo -e "end\t$(get num_updates)\t$(cat "$exp/cif-s1/wer-summary-heldout.txt")\t$(get fire_acc)\t$(get tf_ter)" >> "$curve_file.tmp"
   mv "$curve_file.tmp" "$curve_file"
   log "learning curve: $curve_file"; column -t "$curve_file"
 fi
