@@ -8,20 +8,19 @@ Usage::
 
 The console script ``fairseq-hkd-transcribe`` enters here (:func:`transcribe_main`): with
 ``--backend onnx`` it runs :func:`main` and never imports torch or fairseq; otherwise it hands the
-arguments to the PyTorch transcriber (``fairseq_hkd/generation/transcribe.py``). Output: one line
-per file, in input order, ``ID<TAB>TEXT`` (with ``--timestamps`` a third field of
-``SYMBOL:SECONDS``), as the PyTorch backend writes; the summary (stderr) gives the real-time factor
-and, with a manifest, WER/CER against its transcripts. A bad model directory, a missing audio file
-or manifest is a one-line error (exit status 2).
+arguments to the PyTorch transcriber (``fairseq_hkd/generation/transcribe.py``). Both backends share
+the torch-free transcription modules of ``fairseq_hkd/generation/`` (inputs: files, folders,
+``--list``, ``--manifest``; the pipeline with failure isolation; ``--format tsv|text|json|srt|vtt``;
+progress and summary), so the options and outputs are the same, except: no ``--path``, ``--data``,
+``--lm-path``, ``--plot``, ``--model-overrides`` (the tail threshold is the export's), and files longer
+than ``--max-segment`` need torch for the Silero VAD (without torch each is an ERROR line). A bad
+model directory is a one-line error naming the file.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
-import unicodedata
 from typing import List, Optional, Sequence
 
 __all__ = ["main", "transcribe_main", "build_parser"]
@@ -30,51 +29,39 @@ logger = logging.getLogger("fairseq_hkd.runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fairseq_hkd.generation.formats import FORMATS
+    from fairseq_hkd.generation.segments import SegmenterConfig
+
     p = argparse.ArgumentParser(
         prog="fairseq-hkd-transcribe --backend onnx",
-        description="Transcribe audio files with an exported model directory (onnxruntime; no torch)")
-    p.add_argument("audio", nargs="*", help="audio files (wav, flac, anything libsndfile reads)")
+        description="Transcribe audio files, folders, lists or a manifest with an exported model directory "
+                    "(onnxruntime; neither torch nor fairseq)")
+    p.add_argument("audio", nargs="*", help="audio files (anything libsndfile reads) or folders (searched "
+                                             "recursively); - reads a list of paths from stdin")
     p.add_argument("--model-dir", required=True, help="a directory written by fairseq-hkd-export")
     p.add_argument("--manifest", help="a manifest TSV (id, audio, n_samples, tgt_text); its transcripts are scored")
+    p.add_argument("--list", metavar="FILE", help="a text file of audio paths or folders, one a line (- : stdin)")
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
-    p.add_argument("--eos-slack", type=int, choices=[0, 1], help="</s> may also end a hypothesis one step "
-                                                                  "early (default: the task's, from the export)")
+    p.add_argument("--eos-slack", type=int, choices=[0, 1],
+                   help="</s> may also end a hypothesis one step early (default: the task's, recorded at export)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--batch-size", type=int, default=8, help="files per decoding batch")
-    p.add_argument("--timestamps", action="store_true", help="append SYMBOL:SECONDS for every emitted unit")
+    p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
+    p.add_argument("--format", choices=FORMATS, default="tsv",
+                   help="tsv: ID<TAB>TEXT[<TAB>SYMBOL:TIME ...]; text; json (per-token times and scores); "
+                        "srt / vtt subtitles")
+    p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
+    p.add_argument("--output", help="write the stream to this file instead of stdout")
+    p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
     p.add_argument("--max-files", type=int, help="only the first N inputs")
-    p.add_argument("--output", help="write the lines to this file instead of stdout")
-    p.add_argument("--quiet", action="store_true", help="no per-batch progress on stderr")
+    seg = SegmenterConfig()
+    p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
+                   help="longer files are split at pauses (Silero VAD, which needs torch) into segments of at "
+                        "most this many seconds")
+    p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
+                   help="seconds of non-speech that end a segment")
+    p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def normalise_reference(text: str, units_cfg: dict) -> str:
-    """A manifest transcript as the units see it, without the tokenizer (scoring only): wordpiece
-    (an uncased BERT tokenizer's normaliser) lower-cases and strips accents; char / spm lower-case
-    with ``lowercase``; spm also applies NFKC. For the demo's and LibriSpeech's transcripts this is
-    ``Units.normalise``; exotic text may differ in details the PyTorch path gets from the tokenizer."""
-    unit = units_cfg.get("unit", "char")
-    if unit == "wordpiece":
-        text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
-    elif units_cfg.get("lowercase"):
-        text = text.lower()
-    if unit == "spm":
-        text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.split())
-
-
-def _inputs(audio: Sequence[str], manifest: Optional[str]):
-    """-> [(id, path, reference or None)]."""
-    items = []
-    if manifest:
-        from fairseq_hkd.data.manifest import read_manifest
-
-        items += [(e.id, e.audio, e.tgt_text) for e in read_manifest(manifest)]
-    for path in audio:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"audio file {path} not found")
-        items.append((os.path.splitext(os.path.basename(path))[0], path, None))
-    return items
 
 
 def error_rates(pairs) -> Optional[dict]:
@@ -102,62 +89,74 @@ def _levenshtein(a: Sequence, b: Sequence) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Exit status 0, or 1 when some file failed (each named on an ERROR line); a bad model
+    directory or usage mistake is one line (SystemExit 2-style message)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stderr)
-    from fairseq_hkd.data.audio import AudioError
-    from fairseq_hkd.data.manifest import ManifestError
+    from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
+    from fairseq_hkd.generation.inputs import InputError, collect_inputs
+    from fairseq_hkd.generation.progress import Progress
+    from fairseq_hkd.generation.segments import SegmenterConfig
     from fairseq_hkd.runtime.model_dir import ModelDirError
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer, describe
 
     try:
-        items = _inputs(args.audio, args.manifest)
-        rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack)
-    except (ModelDirError, FileNotFoundError, ManifestError, ValueError) as e:
-        raise SystemExit(f"fairseq-hkd-transcribe: error: {e}")
-    if not items:
-        raise SystemExit("fairseq-hkd-transcribe: error: nothing to transcribe: give audio files and/or --manifest")
+        items = collect_inputs(args.audio, args.manifest, args.list)
+    except (InputError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"fairseq-hkd-transcribe: {e}")
     items = items[: args.max_files] if args.max_files else items
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    t0, audio_s, pairs, failed = time.perf_counter(), 0.0, [], 0
+    if not items:
+        raise SystemExit("nothing to transcribe: give audio files or folders, --list or --manifest")
+    if args.format in SUBTITLES and not args.output_dir and len(items) > 1:
+        raise SystemExit(f"--format {args.format} writes one file per input: add --output-dir DIR ({len(items)} inputs)")
     try:
-        for start in range(0, len(items), args.batch_size * 16):  # read and length-sort 16 batches at a time
-            chunk, feats, durations = [], [], []
-            for utt_id, path, ref in items[start : start + args.batch_size * 16]:
-                try:
-                    f, d = rec.frontend.read(path, where=utt_id)
-                except AudioError as e:
-                    print(f"ERROR\t{utt_id}\t{e}", file=out, flush=True)
-                    failed += 1
-                    continue
-                chunk.append((utt_id, path, ref))
-                feats.append(f)
-                durations.append(d)
-            for (utt_id, _, ref), dec, dur in zip(chunk, rec._decode_sorted(feats, args.batch_size), durations):
-                fields = [utt_id, dec.text]
-                if args.timestamps:
-                    fields.append(" ".join(f"{s}:{t:.2f}" for s, t in zip(dec.symbols, rec.token_times(dec, dur))))
-                print("\t".join(fields), file=out, flush=True)
-                audio_s += dur
-                if ref is not None:
-                    pairs.append((normalise_reference(ref, rec.model_dir.config["units"]), dec.text))
-            if not args.quiet:
-                logger.info(f"{min(start + args.batch_size * 16, len(items))}/{len(items)} files")
+        segmenter = SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
+                                    max_segment_s=args.max_segment,
+                                    pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
+    except AssertionError as e:
+        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
+    try:
+        rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack)
+    except (ModelDirError, ValueError) as e:
+        raise SystemExit(f"fairseq-hkd-transcribe: error: {e}")
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    writer = OutputWriter(args.format, args.output_dir, out, timestamps=args.timestamps)
+    stats = Progress(items, enabled=not args.quiet and _importable("tqdm"))
+    pairs = []
+    try:
+        for r in rec.iter_transcribe(items, args.batch_size, args.timestamps, segmenter, on_audio=stats.update):
+            stats.done(r.ok, r.duration if r.ok else 0.0)
+            if r.ok:
+                writer.write(r)
+                if r.reference is not None:
+                    pairs.append((r.reference, r.text))
+            else:
+                with stats.paused():
+                    logger.error(r.line())
     finally:
+        stats.close()
         if args.output:
             out.close()
-    elapsed = time.perf_counter() - t0
-    summary = (f"transcribed {len(items) - failed} files ({audio_s:.1f} s of audio) in {elapsed:.1f} s, "
-               f"real-time factor {elapsed / max(audio_s, 1e-9):.3f}, onnxruntime {describe(rec)}, "
-               f"{args.threads} thread(s)")
+    summary = f"{stats.summary()}, onnxruntime {describe(rec)}, {args.threads} thread(s)"
     rates = error_rates(pairs)
     if rates:
         summary += f"; WER {rates['wer']:.2f}% CER {rates['cer']:.2f}% over {len(pairs)} references"
-    if failed:
-        summary += f"; {failed} file(s) failed"
-    logger.info(summary)
-    if failed:
+    if args.output_dir:
+        summary += f"; {args.format} files in {args.output_dir}"
+    logger.info(f"{summary}; {stats.failures()}")
+    if stats.failed:
+        logger.error(f"{stats.failures()} (see the ERROR lines above)")
         raise SystemExit(1)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _backend(argv: List[str]) -> str:

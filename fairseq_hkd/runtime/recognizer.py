@@ -194,6 +194,56 @@ class OnnxRecognizer:
                 out[i] = d
         return out
 
+    # ------------------------------------------------------------------ files (the transcriber's pipeline)
+    @property
+    def min_samples(self) -> int:
+        """The shortest audio the model accepts (``min_source_frames`` fbank frames), in samples."""
+        frame = self.model_dir.config["frontend"]["fbank"]["frame_opts"]
+        ms = frame["frame_length_ms"] + (self.frontend.min_frames - 1) * frame["frame_shift_ms"]
+        return int(ms * self.frontend.sample_rate / 1000)
+
+    def decode_pieces(self, items, pieces) -> list:
+        """The ``decode`` function of ``generation/pipeline.TranscriptionPipeline``: one batch of
+        pieces (waveforms) -> one ``PieceResult`` each, as ``Recognizer.decode_pieces`` makes them."""
+        from fairseq_hkd.generation.pipeline import PieceResult
+        from fairseq_hkd.generation.results import word_spans
+
+        out = []
+        for piece, dec in zip(pieces, self.decode_features([self.frontend.features(p.wav) for p in pieces])):
+            duration = piece.wav.shape[0] / self.frontend.sample_rate
+            out.append(PieceResult(
+                text=dec.text, symbols=dec.symbols, token_times=self.token_times(dec, duration),
+                token_scores=dec.token_scores, score=dec.score, n_fires=dec.n_fires,
+                words=[(decode_units(self.unit, dec.symbols[a:e]), a, e) for a, e in word_spans(dec.symbols, self.unit)]))
+        return out
+
+    def iter_transcribe(self, items, batch_size: int = 8, timestamps: bool = False, segmenter=None,
+                        on_audio=None):
+        """``Recognizer.iter_transcribe`` without torch: one ``Transcript`` or ``FileError`` per file,
+        in input order (``items``: paths, folders or ``AudioItem``s). Files longer than
+        ``segmenter.max_segment_s`` are split by the Silero VAD, which needs torch: without it each
+        such file is a ``FileError`` saying so. References are normalised by
+        :func:`normalise_reference`."""
+        from fairseq_hkd.generation.inputs import AudioItem, collect_inputs
+        from fairseq_hkd.generation.pipeline import PipelineConfig, TranscriptionPipeline
+        from fairseq_hkd.generation.segments import SegmenterConfig
+
+        todo = []
+        for it in items:
+            todo += [it] if isinstance(it, AudioItem) else collect_inputs([it])
+        cfg = PipelineConfig(batch_size=batch_size, min_samples=self.min_samples,
+                             segmenter=segmenter or SegmenterConfig(),
+                             strict_sample_rate=bool(self.frontend.cfg.get("strict_sample_rate", False)),
+                             multichannel=self.frontend.cfg.get("multichannel", "downmix"))
+        pipeline = TranscriptionPipeline(self.decode_pieces, _silero_vad, cfg, progress=on_audio)
+        for r in pipeline.run(todo):
+            if r.ok:
+                if r.reference is not None:
+                    r.reference = normalise_reference(r.reference, self.model_dir.config["units"])
+                if not timestamps:
+                    r.token_times = None
+            yield r
+
     # ------------------------------------------------------------------ times
     def token_times(self, decoded: Decoded, duration: float) -> List[float]:
         """Seconds of each emitted token: the centre of the encoder frame whose weight completed it
@@ -202,6 +252,40 @@ class OnnxRecognizer:
 
         centres = encoder_frame_centres(decoded.fires[: len(decoded.symbols)], self.downsample)
         return [min(max(float(t), 0.0), duration) for t in centres]
+
+
+def _silero_vad():
+    """The transcriber's speech detector for long files (Silero VAD, ``generation/vad.py``), which
+    runs on torch: where torch is not installed, an AudioError (the file fails, the others go on)."""
+    from fairseq_hkd.data.audio import AudioError
+
+    try:
+        from fairseq_hkd.generation.vad import SileroVad
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise AudioError("longer than --max-segment: splitting long files at pauses needs the Silero VAD, which "
+                         "needs torch (not installed here); cut the file, or raise --max-segment to decode it "
+                         "whole") from None
+    return SileroVad()
+
+
+def normalise_reference(text: str, units_cfg: dict) -> str:
+    """A manifest transcript as the units see it, without the tokenizer (scoring only): wordpiece
+    (an uncased BERT tokenizer's normaliser) lower-cases and strips accents; char / spm lower-case
+    with ``lowercase``; spm also applies NFKC. For the demo's and LibriSpeech's transcripts this is
+    ``Units.normalise``; other text may differ in details the PyTorch path gets from the tokenizer
+    (control characters, spacing around CJK characters)."""
+    import unicodedata
+
+    unit = units_cfg.get("unit", "char")
+    if unit == "wordpiece":
+        text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+    elif units_cfg.get("lowercase"):
+        text = text.lower()
+    if unit == "spm":
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())
 
 
 def describe(rec: OnnxRecognizer) -> str:
