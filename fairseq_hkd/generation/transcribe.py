@@ -281,6 +281,10 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="*", help="audio files (anything libsndfile reads) or folders (searched "
                                              "recursively); - reads a list of paths from stdin")
     p.add_argument("--path", required=True, help="checkpoint (.pt)")
+    if not require_plot:  # handled by the console script before this module (and torch) is imported
+        p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                       help="onnx: decode an exported model directory (fairseq-hkd-export) with onnxruntime, "
+                            "without torch or fairseq; its options: fairseq-hkd-transcribe --backend onnx --help")
     p.add_argument("--manifest", help="a manifest TSV (id, audio, n_samples, tgt_text); its transcripts are scored")
     p.add_argument("--list", metavar="FILE", help="a text file of audio paths or folders, one a line (- : stdin)")
     p.add_argument("--data", help="data directory with dict.txt (default: the checkpoint's)")
