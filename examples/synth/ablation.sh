@@ -71,6 +71,7 @@ run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless 
     grep -q "done training" "$dir/train.log" || { echo "$0: training $sys seed $seed failed: $dir/train.log" >&2; return 1; }
     OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
   fi
+  [ -f "$results/$sys-s$seed.txt" ] && [ -f "$results/$sys-s$seed.generate-test.txt" ] && return 0  # kept (its commit stays)
   "$HERE/summarize.sh" --exp "$dir" --commit "$commit" --out "$results/$sys-s$seed.txt" > /dev/null
   grep -E "^(T|D)-|WER: " "$dir/decode-test/generate-test.txt" > "$results/$sys-s$seed.generate-test.txt"
 }
