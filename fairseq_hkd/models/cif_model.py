@@ -71,6 +71,24 @@ class CifModelConfig(FairseqDataclass):
                           "Every recipe uses sqrt_d (synthesized demo, heldout at 800 updates: WER 48.5 vs "
                           "80.3); the default stays none so that checkpoints trained before the option "
                           "existed (which have no value for it) load unchanged"})
+    encoder_causal_conv: bool = field(
+        default=False,
+        metadata={"help": "conformer depthwise convolutions see no future frames (left padding only); needed "
+                          "for exact chunk-by-chunk streaming (issue 17)"})
+    encoder_chunk_size: int = field(
+        default=0,
+        metadata={"help": "train (and decode offline) with self-attention restricted to chunks of this many "
+                          "encoder output frames plus --encoder-left-chunks chunks of left context; 0 = full "
+                          "context"})
+    dynamic_chunk_training: bool = field(
+        default=False,
+        metadata={"help": "draw the attention chunk per batch as U2/WeNet do: full context for about half the "
+                          "batches, else 1..--max-chunk-size output frames; one model then streams at any chunk "
+                          "size; offline decoding uses full context"})
+    max_chunk_size: int = field(
+        default=32, metadata={"help": "largest chunk (encoder output frames) that dynamic chunk training draws"})
+    encoder_left_chunks: int = field(
+        default=-1, metadata={"help": "chunks of left context a frame attends to with chunked attention (-1: all)"})
     dropout: float = field(default=0.1, metadata={"help": "encoder dropout"})
     max_source_positions: int = field(default=3000, metadata={"help": "initial relative-position table size"})
     dropout_impl: ChoiceEnum(["packed", "torch"]) = field(
@@ -133,7 +151,13 @@ class CifModel(BaseFairseqModel):
             cfg.input_feat_dim, cfg.subsample_channels, cfg.subsample_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim,
             cfg.encoder_attention_heads, cfg.encoder_layers, cfg.depthwise_conv_kernel_size,
             parse_pool_after(cfg.encoder_pool_after), cfg.dropout, cfg.max_source_positions,
-            input_scale=cfg.encoder_embed_dim ** 0.5 if getattr(cfg, "encoder_input_scale", "none") == "sqrt_d" else 1.0)
+            input_scale=cfg.encoder_embed_dim ** 0.5 if getattr(cfg, "encoder_input_scale", "none") == "sqrt_d" else 1.0,
+            # streaming options (issue 17); checkpoints from before they existed have none: off
+            causal_conv=bool(getattr(cfg, "encoder_causal_conv", False) or False),
+            chunk_size=int(getattr(cfg, "encoder_chunk_size", 0) or 0),
+            dynamic_chunk=bool(getattr(cfg, "dynamic_chunk_training", False) or False),
+            left_chunks=int(-1 if getattr(cfg, "encoder_left_chunks", None) is None else cfg.encoder_left_chunks),
+            max_chunk=int(getattr(cfg, "max_chunk_size", 32) or 32))
         ctc_proj = nn.Linear(cfg.encoder_embed_dim, len(tgt_dict))
         cif = CifMiddleware(cfg.encoder_embed_dim, cfg.cif_conv_kernel, cfg.cif_dropout, cfg.cif_threshold,
                             cfg.cif_tail_threshold)

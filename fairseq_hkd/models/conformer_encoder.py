@@ -19,13 +19,23 @@ Departures (the first two about padding and lengths):
   zeros in training).
 * fairseq's S2T conformer multiplies the subsampled input by sqrt(D) before the layers; ours does
   so only with ``input_scale`` = sqrt(D) (``--encoder-input-scale sqrt_d``; default 1.0).
+
+Streaming (all off by default; a full-context model computes exactly what it did before): with
+``causal_conv`` the depthwise convolution sees only the current and earlier frames (left padding
+k - 1); with ``chunk_size`` > 0 (fixed) or ``dynamic_chunk`` (U2's random chunk per batch, see
+``chunk_attention.py``) self-attention is restricted to the frame's chunk and ``left_chunks`` chunks
+before it. Chunks are counted in output frames; before a max-pooling a chunk is 2x as many frames,
+so pooled pairs never straddle chunks. ``encoder_stream.py`` runs such an encoder chunk by chunk.
 """
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq.modules import RelPositionalEncoding
 from fairseq.modules.conformer_layer import ConformerEncoderLayer, ConvolutionModule
+
+from fairseq_hkd.models.chunk_attention import chunk_attention_mask, project_kv, rel_pos_attention, sample_chunk
 
 __all__ = ["ConformerEncoder", "Conv2dSubsampler", "subsampled_lengths", "pooled_lengths", "lengths_to_padding_mask"]
 
@@ -81,16 +91,51 @@ class Conv2dSubsampler(nn.Module):
 
 
 class _MaskedConvolutionModule(ConvolutionModule):
-    """fairseq's conformer convolution module with padded frames zeroed before the depthwise conv."""
+    """fairseq's conformer convolution module with padded frames zeroed before the depthwise conv;
+    ``causal``: the depthwise conv is padded k - 1 frames on the left only (same parameters)."""
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: [B, T, D], padding_mask: [B, T] (True = pad) -> [B, T, D]."""
+    causal: bool = False
+
+    def _glu(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: [B, T, D] -> [B, D, T], the depthwise conv's input."""
         x = self.glu(self.pointwise_conv1(self.layer_norm(x).transpose(1, 2)))  # [B, D, T]
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(1), 0.0)
-        x = self.activation(self.batch_norm(self.depthwise_conv(x)))
-        x = self.dropout(self.pointwise_conv2(x))
-        return x.transpose(1, 2)
+        return x
+
+    def _depthwise_valid(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv without padding: [B, D, T + k - 1] -> [B, D, T]."""
+        conv = self.depthwise_conv
+        return F.conv1d(x, conv.weight, conv.bias, groups=conv.groups)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.batch_norm(x))
+        return self.dropout(self.pointwise_conv2(x)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [B, T, D], padding_mask: [B, T] (True = pad) -> [B, T, D]."""
+        x = self._glu(x, padding_mask)
+        if self.causal:
+            x = self._depthwise_valid(F.pad(x, (self.depthwise_conv.kernel_size[0] - 1, 0)))
+        else:
+            x = self.depthwise_conv(x)
+        return self._out(x)
+
+    def forward_chunk(self, x: torch.Tensor, cache: Optional[torch.Tensor]):
+        """One chunk of a stream: x [B, t, D], cache [B, D, c] (the depthwise conv's input of earlier
+        frames; None at the start) -> ([B, t, D], new cache). Causal: exact. Not causal: the chunk's
+        last k // 2 frames see zeros instead of the next chunk (chunk-limited, as WeNet's)."""
+        y = self._glu(x, None)
+        k, t = self.depthwise_conv.kernel_size[0], y.size(2)
+        if self.causal:
+            z = torch.cat([y.new_zeros(y.size(0), y.size(1), k - 1) if cache is None else cache, y], dim=2)
+            out = self._depthwise_valid(z)
+            keep = k - 1
+        else:
+            z = y if cache is None else torch.cat([cache, y], dim=2)
+            out = self.depthwise_conv(z)[:, :, z.size(2) - t:]
+            keep = k // 2
+        return self._out(out), z[:, :, z.size(2) - min(keep, z.size(2)):]
 
 
 class MaskedConformerLayer(ConformerEncoderLayer):
@@ -101,7 +146,7 @@ class MaskedConformerLayer(ConformerEncoderLayer):
     """
 
     def __init__(self, embed_dim: int, ffn_embed_dim: int, attention_heads: int, dropout: float,
-                 depthwise_conv_kernel_size: int):
+                 depthwise_conv_kernel_size: int, causal_conv: bool = False):
         super().__init__(embed_dim, ffn_embed_dim, attention_heads, dropout, use_fp16=False,
                          depthwise_conv_kernel_size=depthwise_conv_kernel_size,
                          activation_fn="swish", attn_type="espnet", pos_enc_type="rel_pos")
@@ -109,19 +154,51 @@ class MaskedConformerLayer(ConformerEncoderLayer):
             embed_dim=embed_dim, channels=embed_dim,
             depthwise_kernel_size=depthwise_conv_kernel_size, dropout=dropout,
             activation_fn="swish")
+        self.conv_module.causal = causal_conv
 
     def forward(self, x: torch.Tensor, encoder_padding_mask: Optional[torch.Tensor],
-                position_emb: Optional[torch.Tensor] = None):
-        """x: [T, B, D], encoder_padding_mask: [B, T], position_emb: [2T-1, 1, D] -> ([T, B, D], None)."""
+                position_emb: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
+        """x: [T, B, D], encoder_padding_mask: [B, T], position_emb: [2T-1, 1, D], attn_mask: [B, T, T]
+        (True = may not attend; chunk masks; None: fairseq's attention with the padding mask)
+        -> ([T, B, D], None)."""
         x = x + 0.5 * self.ffn1(x)
         residual = x
         y = self.self_attn_layer_norm(x)
-        y, _ = self.self_attn(query=y, key=y, value=y, key_padding_mask=encoder_padding_mask,
-                              pos_emb=position_emb, need_weights=False)
+        if attn_mask is None:
+            y, _ = self.self_attn(query=y, key=y, value=y, key_padding_mask=encoder_padding_mask,
+                                  pos_emb=position_emb, need_weights=False)
+        else:
+            k, v = project_kv(self.self_attn, y)
+            y = rel_pos_attention(self.self_attn, y, k, v, position_emb, attn_mask)
         x = residual + self.self_attn_dropout(y)
         x = x + self.conv_module(x.transpose(0, 1), encoder_padding_mask).transpose(0, 1)
         x = x + 0.5 * self.ffn2(x)
         return self.final_layer_norm(x), None
+
+    def forward_chunk(self, x: torch.Tensor, position_emb: torch.Tensor, cache: Dict[str, torch.Tensor],
+                      max_left: int = -1):
+        """One chunk of a stream (eval mode). x: [t, B, D]; position_emb: [t + T2 - 1, 1, D] for T2 = L + t keys,
+        L of them cached (``rel_pos_slice``); cache: {"k", "v": [B, H, L, d_k], "conv": [B, D, c]}
+        (empty at the start); max_left: frames of keys/values to keep for the next chunk (< 0: all).
+        -> ([t, B, D], new cache)."""
+        x = x + 0.5 * self.ffn1(x)
+        residual = x
+        y = self.self_attn_layer_norm(x)
+        k, v = project_kv(self.self_attn, y)
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        if "k" not in cache:  # no left context: fairseq's op, as in the full-context forward
+            y, _ = self.self_attn(query=y, key=y, value=y, key_padding_mask=None, pos_emb=position_emb,
+                                  need_weights=False)
+        else:
+            y = rel_pos_attention(self.self_attn, y, k, v, position_emb, None)
+        x = residual + self.self_attn_dropout(y)
+        conv, conv_cache = self.conv_module.forward_chunk(x.transpose(0, 1), cache.get("conv"))
+        x = x + conv.transpose(0, 1)
+        x = x + 0.5 * self.ffn2(x)
+        if max_left >= 0:
+            k, v = k[:, :, k.size(2) - min(max_left, k.size(2)):], v[:, :, v.size(2) - min(max_left, v.size(2)):]
+        return self.final_layer_norm(x), {"k": k, "v": v, "conv": conv_cache}
 
 
 class ConformerEncoder(nn.Module):
@@ -141,12 +218,30 @@ class ConformerEncoder(nn.Module):
         max_positions: initial size of the relative position table (grows on demand).
         input_scale: factor on the subsampler's output before the first layer: 1.0, or sqrt(D) as in
             fairseq's S2T conformer (``--encoder-input-scale sqrt_d``).
+        causal_conv: depthwise convolutions see no future frames (needed for exact streaming).
+        chunk_size: > 0: attention restricted to chunks of this many output frames (training and
+            inference); 0: full context.
+        dynamic_chunk: training draws a chunk per batch (U2: full context or 1..``max_chunk``);
+            inference uses full context unless :meth:`set_chunk` says otherwise.
+        left_chunks: chunks of left context a frame attends to (< 0: all).
+        max_chunk: the largest chunk that dynamic chunk training draws.
     """
 
     def __init__(self, input_dim: int, conv_channels: int, conv_layers: int, embed_dim: int, ffn_embed_dim: int,
                  attention_heads: int, layers: int, depthwise_kernel: int, pool_after: List[int],
-                 dropout: float, max_positions: int = 3000, input_scale: float = 1.0):
+                 dropout: float, max_positions: int = 3000, input_scale: float = 1.0, causal_conv: bool = False,
+                 chunk_size: int = 0, dynamic_chunk: bool = False, left_chunks: int = -1, max_chunk: int = 32):
         super().__init__()
+        if chunk_size < 0 or max_chunk < 1:
+            raise ValueError(f"chunk_size must be >= 0 and max_chunk >= 1, got {chunk_size} and {max_chunk}")
+        if chunk_size > 0 and dynamic_chunk:
+            raise ValueError("give a fixed chunk size or dynamic chunk training, not both")
+        self.causal_conv = bool(causal_conv)
+        self.chunk_size = int(chunk_size)
+        self.dynamic_chunk = bool(dynamic_chunk)
+        self.left_chunks = int(left_chunks)
+        self.max_chunk = int(max_chunk)
+        self.decode_chunk: Optional[int] = None  # inference chunk override (set_chunk)
         if not input_scale > 0:
             raise ValueError(f"the encoder's input scale must be positive, got {input_scale}")
         self.input_scale = float(input_scale)
@@ -159,13 +254,36 @@ class ConformerEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.embed_positions = RelPositionalEncoding(max_positions, embed_dim)
         self.layers = nn.ModuleList(
-            MaskedConformerLayer(embed_dim, ffn_embed_dim, attention_heads, dropout, depthwise_kernel)
+            MaskedConformerLayer(embed_dim, ffn_embed_dim, attention_heads, dropout, depthwise_kernel, causal_conv)
             for _ in range(layers))
         self.pool_after = sorted(set(pool_after))
         self.pool = nn.MaxPool1d(kernel_size=2, stride=2, ceil_mode=True)
         self.embed_dim = embed_dim
         self.conv_layers = conv_layers
         self.downsample = 2 ** (conv_layers + len(self.pool_after))
+
+    def set_chunk(self, chunk: Optional[int], left_chunks: Optional[int] = None) -> None:
+        """Inference chunk (output frames; 0 = full context; None = the trained setting: the fixed chunk,
+        or full context after dynamic training) and optionally the left context in chunks."""
+        if chunk is not None and chunk < 0:
+            raise ValueError(f"chunk must be >= 0 output frames, got {chunk}")
+        self.decode_chunk = chunk
+        if left_chunks is not None:
+            self.left_chunks = int(left_chunks)
+
+    def current_chunk(self, max_len: int) -> int:
+        """The chunk (output frames, 0 = full context) for a batch of ``max_len`` output frames:
+        a fresh U2 draw in dynamic training, else the fixed or inference setting."""
+        if self.training:
+            return sample_chunk(max_len, self.max_chunk) if self.dynamic_chunk else self.chunk_size
+        return self.chunk_size if self.decode_chunk is None else self.decode_chunk
+
+    def _attn_mask(self, padding_mask: torch.Tensor, chunk: int) -> Optional[torch.Tensor]:
+        """[B, T] padding -> [B, T, T] True where attention is not allowed (chunk at this rate)."""
+        if chunk <= 0:
+            return None
+        allowed = chunk_attention_mask(padding_mask.size(1), chunk, self.left_chunks, padding_mask.device)
+        return ~allowed[None] | padding_mask[:, None, :]
 
     def output_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
         """[B] input frames -> [B] exact output frames."""
@@ -194,11 +312,19 @@ class ConformerEncoder(nn.Module):
             x = x * self.input_scale
         x = self.dropout(x)
         pos_emb = self.embed_positions(x)
+        pools = len(self.pool_after)
+        out_len = x.size(0)  # padded output length, without a device sync
+        for _ in range(pools):
+            out_len = (out_len + 1) // 2
+        chunk = self.current_chunk(out_len)
+        attn_mask = self._attn_mask(padding_mask, chunk * 2 ** pools)
         for i, layer in enumerate(self.layers, start=1):
-            x, _ = layer(x, padding_mask, pos_emb)
+            x, _ = layer(x, padding_mask, pos_emb, attn_mask)
             if i in self.pool_after:
                 x, padding_mask, lengths = self._pool(x, padding_mask, lengths)
                 pos_emb = self.embed_positions(x)
+                pools -= 1
+                attn_mask = self._attn_mask(padding_mask, chunk * 2 ** pools)
         x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
         return {
             "encoder_out": x.transpose(0, 1),
