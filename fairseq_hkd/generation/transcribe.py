@@ -247,6 +247,16 @@ class Recognizer:
 
         return [min(max(float(x), 0.0), duration) for x in encoder_frame_centres(fires.numpy(), self.downsample)]
 
+    # ------------------------------------------------------------------ streaming (issue 17)
+    def stream(self, chunk_ms: float = 640.0, left_chunks: Optional[int] = None, sample_rate: int = 16000):
+        """A live stream over this model: ``accept(samples)`` -> newly fixed text, ``partial()``,
+        ``finish()`` -> the result (generation/streaming.py). ``chunk_ms``: the encoder chunk
+        (``float("inf")``: one chunk, the offline decoding); search settings are this recognizer's."""
+        from fairseq_hkd.generation.streaming import StreamingRecognizer
+
+        return StreamingRecognizer(self.model, self.generator, self.task.units, self.cmvn, chunk_ms, left_chunks,
+                                   sample_rate, cmvn_kind=self.task.cfg.cmvn)
+
 
 def _safe_name(utt_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in utt_id)
@@ -312,6 +322,9 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"cif_tail_threshold": 0.4}\'')
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if not require_plot:  # handled before parsing, by cli_main
+        p.add_argument("--streaming", action="store_true",
+                       help="simulate live streaming over the files (--chunk-ms, --piece-ms; --streaming --help)")
     return p
 
 
@@ -334,6 +347,11 @@ def setup_logging() -> None:
 def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -> None:
     """Exit status 0, or 1 when some file failed (each named on an ERROR line); usage mistakes
     exit with one line (SystemExit), programming errors raise with their traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--streaming" in argv and not require_plot:  # simulated live streaming (issue 17): stream_cli.py
+        from fairseq_hkd.generation.stream_cli import main as streaming_main
+
+        return streaming_main([a for a in argv if a != "--streaming"])
     args = build_parser(require_plot).parse_args(argv)
     setup_logging()
     try:
