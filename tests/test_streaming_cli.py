@@ -1,6 +1,5 @@
 """Recognizer.stream() and ``fairseq-hkd-transcribe --streaming`` on a real (2-update) checkpoint of a
 chunk-trained model: fairseq's option parsing of the streaming options, loading, the CLI's lines."""
-import numpy as np
 import pytest
 import soundfile as sf
 

@@ -135,3 +135,29 @@ def test_bad_input_is_a_clear_error():
         s.accept(_audio(0.1))
     with pytest.raises(StreamError, match="twice"):
         s.finish()
+
+
+@pytest.mark.parametrize("beam,slack", [(1, 1), (4, 0), (4, 1)])
+def test_stream_search_equals_the_generator_whatever_the_arrival(beam, slack):
+    """CIF embeddings arriving 2 at a time (and the bound L >= tokens so far) give the generator's
+    hypothesis, with --cif-eos-slack too; the fixed prefix only grows and is kept."""
+    from fairseq_hkd.generation.stream_search import StreamingSearch
+
+    m = _model(seed=5)
+    g = CifGenerator([m], m.decoder.dictionary, beam_size=beam, eos_slack=slack)
+    emb = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = g.beam_search(emb, torch.tensor([9]))
+    eos = m.decoder.dictionary.eos()
+    ref_tokens = ref.tokens[0, 0, : int(ref.lengths[0, 0])].tolist()
+    ref_tokens = ref_tokens[: ref_tokens.index(eos)] if eos in ref_tokens else ref_tokens
+    s = StreamingSearch(g)
+    fixed = []
+    for i in range(0, 9, 2):
+        s.add(emb[0, i:i + 2])
+        s.advance(min(i + 2, 9))
+        assert s.fixed()[: len(fixed)] == fixed
+        fixed = s.fixed()
+    assert s.steps == 9 - 1 - slack  # all but the steps where </s> may compete
+    assert s.finish(9) == ref_tokens
+    assert ref_tokens[: len(fixed)] == fixed
