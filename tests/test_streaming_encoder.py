@@ -82,6 +82,18 @@ def test_chunk_by_chunk_equals_masked_forward(pool_after, left, piece):
     torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_odd_last_chunk_before_pooling():
+    """163 fbank frames -> 41 subsampled frames: the last chunk has an odd frame count before the
+    max-pooling (ceil mode, as the whole-utterance pooling)."""
+    m = small_model(seed=6, encoder_causal_conv=True, encoder_chunk_size=2, encoder_left_chunks=1,
+                    encoder_pool_after="1").eval()
+    x = _feats(163, seed=2)
+    with torch.no_grad():
+        ref = m.encoder(x, torch.tensor([163]))["encoder_out"][0]
+    assert ref.size(0) == 21
+    torch.testing.assert_close(_stream(m.encoder, x, chunk=2, piece=13), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_left_context_matters():
     """The caches are really used: a stream with 0 left chunks differs from one with all."""
     m = small_model(seed=1, encoder_causal_conv=True, encoder_chunk_size=3).eval()
