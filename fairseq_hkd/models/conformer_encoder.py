@@ -295,7 +295,10 @@ class ConformerEncoder(nn.Module):
     def _pool(self, x: torch.Tensor, padding_mask: torch.Tensor, lengths: torch.Tensor):
         """Max-pool [T, B, D] by 2 over time; padded frames never win the max."""
         x = x.masked_fill(padding_mask.t().unsqueeze(-1), float("-inf"))
-        x = self.pool(x.permute(1, 2, 0)).permute(2, 0, 1)  # [ceil(T/2), B, D]
+        # MaxPool1d(2, ceil_mode=True) as pad-to-even + pairwise max: the same values, and a
+        # time axis torch.export keeps symbolic (ceil_mode pooling specialised it to the example)
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, x.size(0) % 2), value=float("-inf"))
+        x = x.unflatten(0, (-1, 2)).amax(1)  # [ceil(T/2), B, D]
         lengths = pooled_lengths(lengths)
         padding_mask = lengths_to_padding_mask(lengths, x.size(0))
         return x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0), padding_mask, lengths
