@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 from fairseq_hkd.data.audio import AudioError
-from fairseq_hkd.generation.formats import FORMATS, SUBTITLES, OutputWriter
+from fairseq_hkd.generation.cli_options import add_output_args, add_segmenter_args, segmenter_from_args
+from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs, file_id
 from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.progress import Progress
@@ -304,21 +305,11 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--lm-weight", type=float, default=0.0,
                    help="weight W of the LM log-probabilities, as fairseq-generate's (0: no LM)")
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
-    p.add_argument("--format", choices=FORMATS, default="tsv",
-                   help="tsv: ID<TAB>TEXT[<TAB>SYMBOL:TIME ...]; text; json (per-token times and scores); "
-                        "srt / vtt subtitles")
-    p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
-    p.add_argument("--output", help="write the stream to this file instead of stdout")
-    p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
+    add_output_args(p)
     p.add_argument("--plot", metavar="DIR", required=require_plot,
                    help="write one alignment PNG per file decoded whole to DIR")
     p.add_argument("--max-files", type=int, help="only the first N inputs")
-    seg = SegmenterConfig()
-    p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
-                   help="longer files are split at pauses (Silero VAD) into segments of at most this many seconds")
-    p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
-                   help="seconds of non-speech that end a segment")
-    p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
+    add_segmenter_args(p)
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"cif_tail_threshold": 0.4}\'')
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -369,12 +360,7 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
         overrides = json.loads(args.model_overrides)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--model-overrides must be JSON ({e}): {args.model_overrides!r}")
-    try:
-        segmenter = SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
-                                    max_segment_s=args.max_segment,
-                                    pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
-    except AssertionError as e:
-        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
+    segmenter = segmenter_from_args(args)
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,
                                      model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight,
                                      segmenter=segmenter)

@@ -29,8 +29,7 @@ logger = logging.getLogger("fairseq_hkd.runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairseq_hkd.generation.formats import FORMATS
-    from fairseq_hkd.generation.segments import SegmenterConfig
+    from fairseq_hkd.generation.cli_options import add_output_args, add_segmenter_args
 
     p = argparse.ArgumentParser(
         prog="fairseq-hkd-transcribe --backend onnx",
@@ -46,20 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="</s> may also end a hypothesis one step early (default: the task's, recorded at export)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
-    p.add_argument("--format", choices=FORMATS, default="tsv",
-                   help="tsv: ID<TAB>TEXT[<TAB>SYMBOL:TIME ...]; text; json (per-token times and scores); "
-                        "srt / vtt subtitles")
-    p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
-    p.add_argument("--output", help="write the stream to this file instead of stdout")
-    p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
+    add_output_args(p)
     p.add_argument("--max-files", type=int, help="only the first N inputs")
-    seg = SegmenterConfig()
-    p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
-                   help="longer files are split at pauses (Silero VAD, which needs torch) into segments of at "
-                        "most this many seconds")
-    p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
-                   help="seconds of non-speech that end a segment")
-    p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
+    add_segmenter_args(p, ', which needs torch')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -97,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
     from fairseq_hkd.generation.inputs import InputError, collect_inputs
     from fairseq_hkd.generation.progress import Progress
-    from fairseq_hkd.generation.segments import SegmenterConfig
+    from fairseq_hkd.generation.cli_options import segmenter_from_args
     from fairseq_hkd.runtime.model_dir import ModelDirError
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer, describe
 
@@ -110,12 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit("nothing to transcribe: give audio files or folders, --list or --manifest")
     if args.format in SUBTITLES and not args.output_dir and len(items) > 1:
         raise SystemExit(f"--format {args.format} writes one file per input: add --output-dir DIR ({len(items)} inputs)")
-    try:
-        segmenter = SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
-                                    max_segment_s=args.max_segment,
-                                    pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
-    except AssertionError as e:
-        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
+    segmenter = segmenter_from_args(args)
     try:
         rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack)
     except (ModelDirError, ValueError) as e:

@@ -1,0 +1,40 @@
+"""Command-line options both transcribers share (PyTorch ``generation/transcribe.py`` and the
+ONNX runtime's ``runtime/cli.py``): output format and destination, segmentation of long files.
+Torch-free (stdlib only, plus the torch-free formats and segments modules)."""
+import argparse
+
+from fairseq_hkd.generation.formats import FORMATS
+from fairseq_hkd.generation.segments import SegmenterConfig
+
+__all__ = ["add_output_args", "add_segmenter_args", "segmenter_from_args"]
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """--format, --output-dir, --output, --timestamps."""
+    p.add_argument("--format", choices=FORMATS, default="tsv",
+                   help="tsv: ID<TAB>TEXT[<TAB>SYMBOL:TIME ...]; text; json (per-token times and scores); "
+                        "srt / vtt subtitles")
+    p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
+    p.add_argument("--output", help="write the stream to this file instead of stdout")
+    p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
+
+
+def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
+    """--max-segment, --min-silence, --vad-threshold (defaults: SegmenterConfig's)."""
+    seg = SegmenterConfig()
+    p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
+                   help=f"longer files are split at pauses (Silero VAD{vad_note}) into segments of at most this "
+                        "many seconds")
+    p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
+                   help="seconds of non-speech that end a segment")
+    p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
+
+
+def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
+    """The segmenter of --max-segment / --min-silence / --vad-threshold; bad values exit with one line."""
+    try:
+        return SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
+                               max_segment_s=args.max_segment,
+                               pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
+    except AssertionError as e:
+        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
