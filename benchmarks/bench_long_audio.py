@@ -10,7 +10,7 @@ Usage:
    silences drawn uniformly from ``--gap`` seconds (seeded), written as a 16-bit wav; optional white
    noise at ``--noise-snr`` dB over the whole file.
 2. Each measurement runs in a fresh process (``--worker``): load the model, transcribe, report wall
-   time (model loading excluded), peak resident memory (``ru_maxrss``, the whole process: Python,
+   time (model loading excluded), peak resident memory (VmHWM, ``peak_memory.py``, the whole process: Python,
    torch, the model) and the hypotheses.
    - ``short``: the utterances as separate files (the manifest), batched: the reference RTF and the
      one-by-one WER (each utterance scored against its transcript, summed edits / summed words);
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from peak_memory import peak_rss_mib  # noqa: E402
 
 
 # ---------------------------------------------------------------------- the long file
@@ -126,7 +127,7 @@ def worker(args) -> None:
     audio = sum(r.duration for r in results)
     print(json.dumps({
         "wall_s": wall, "audio_s": audio, "rtf": wall / audio,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mib() * 1.048576,  # MiB -> MB
         "texts": [r.text for r in results], "refs": [r.reference for r in results],
         "segments": [[s.start, s.end] for r in results for s in r.segments],
     }))

@@ -16,20 +16,21 @@ onnxruntime with that many intra-op threads and torch and fairseq made unimporta
 deployment, so its peak memory holds no torch). A worker decodes once to warm up, then
 ``--repeats`` times; its RTF is the median. ``--rounds`` rounds run all configurations in turn (load
 changes on a shared machine hit them alike); the table reports the median over rounds, peak RSS
-the largest (``ru_maxrss``, the whole process: interpreter, libraries, model, activations). Besides
+the largest (the worker's VmHWM, ``peak_memory.py``: interpreter, libraries, model, activations). Besides
 wall-clock RTF it reports CPU RTF (process CPU time, all threads, per audio second): at one thread
 that is what the wall clock shows on an idle core, and unlike it does not grow with other load.
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from peak_memory import peak_rss_mib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -99,7 +100,7 @@ def worker(a):
         out = run()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB -> MiB
+    peak = peak_rss_mib()
     print("RESULT " + json.dumps({"rtf": statistics.median(times) / audio_s,
                                   "cpu_rtf": statistics.median(cpu) / audio_s, "peak_mib": peak,
                                   "tokens": steps(out), "audio_s": audio_s,

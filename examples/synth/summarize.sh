@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run's summary as a small text file (for examples/synth/results/): WER per split, the last
 # heldout validation line's fire-count accuracy and teacher-forced token error, updates, training
-# wall time, commit and the training command.
+# wall time, commit, the training command (EXP/command.txt, train.sh writes it) and fairseq's settings.
 #
 # Usage:
 #   examples/synth/summarize.sh --exp exp/synth/cif --out examples/synth/results/cif-s1.txt
@@ -36,6 +36,7 @@ summary() {
   echo "heldout acd_acc: $(field acd_acc)"
   echo "updates: $(field num_updates)"
   echo "train wall s: $(grep -E "\| train \| " "$log" | tail -n 1 | sed -n 's/.*| wall \([0-9]*\).*/\1/p')"
+  [ -f "$exp/command.txt" ] && echo "command: $(sed "s|$REPO/||g" "$exp/command.txt")"
   echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
 }
 if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; summary | tee "$out"; else summary; fi

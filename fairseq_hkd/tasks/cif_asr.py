@@ -29,6 +29,8 @@ from omegaconf import II
 from fairseq_hkd.compat import cpu_has_native_bf16
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
 from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
+from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
+from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment_batch
@@ -83,6 +85,17 @@ class CifAsrConfig(FairseqDataclass):
         default=0.0, metadata={"help": "SpecAugment: if > 0, cap time mask width at this share of the utterance"}
     )
     spec_aug_prob: float = field(default=1.0, metadata={"help": "SpecAugment: probability per utterance (0 = off)"})
+    # edge silence (training updates only; data/edge_silence.py) --------------------------------
+    edge_silence_max_start_ms: int = field(
+        default=0, metadata={"help": "edge-silence augmentation: at most this much silence before a training "
+                                     "utterance (0 = off; needs --cmvn global or none)"}
+    )
+    edge_silence_max_end_ms: int = field(
+        default=0, metadata={"help": "edge-silence augmentation: at most this much silence after a training utterance"}
+    )
+    edge_silence_prob: float = field(
+        default=0.5, metadata={"help": "edge-silence augmentation: probability per utterance"}
+    )
     # length filtering ---------------------------------------------------------------------------
     max_source_frames: int = field(
         default=3000, metadata={"help": "longest utterance in feature frames (10 ms); longer ones are filtered"}
@@ -189,6 +202,15 @@ class CifAsrTask(FairseqTask):
             cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
         )
         self.specaugment: Optional[SpecAugmentConfig] = specaug if specaug.enabled() else None
+        edge = EdgeSilenceConfig(cfg.edge_silence_max_start_ms // 10, cfg.edge_silence_max_end_ms // 10,
+                                 cfg.edge_silence_prob)
+        self.edge_silence: Optional[EdgeSilenceConfig] = edge if edge.enabled() else None
+        if self.edge_silence is not None and cfg.cmvn == "utterance":
+            raise ValueError("--edge-silence-max-{start,end}-ms need frame-wise normalisation: use --cmvn global "
+                             "(fairseq-hkd-cmvn writes DATA/cmvn.npz) or --cmvn none")
+        if self.edge_silence is not None and max(edge.max_start, edge.max_end) > EDGE_SILENCE_MAX_FRAMES:
+            raise ValueError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
+        self._silence_bank: Optional[np.ndarray] = None  # built at the first padded batch
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
@@ -349,16 +371,26 @@ class CifAsrTask(FairseqTask):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
-        """``sample`` with SpecAugment applied to ``net_input.src_tokens`` [B, T, F] (a new dict; the
-        input is not modified). Utterance b's masks are drawn from (seed, update_num, sample["id"][b])
-        and cover only its ``src_lengths[b]`` frames: they do not depend on batching, on the process
-        (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ between updates."""
-        if self.specaugment is None or not sample or "net_input" not in sample:
+        """``sample`` with edge silence (``--edge-silence-*``) and then SpecAugment applied to
+        ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the input is not modified).
+        Utterance b's draws come from (seed, update_num, sample["id"][b]) and cover only its
+        ``src_lengths[b]`` frames: they do not depend on batching, on the process (2 GPUs =
+        --update-freq 2 on 1) or on where a run was resumed, and differ between updates."""
+        if (self.specaugment is None and self.edge_silence is None) or not sample or "net_input" not in sample:
             return sample
         net_input = sample["net_input"]
-        seeds = [(self.cfg.seed, int(update_num), int(i)) for i in sample["id"].tolist()]
-        src = spec_augment_batch(net_input["src_tokens"], net_input["src_lengths"], self.specaugment, seeds)
-        return {**sample, "net_input": {**net_input, "src_tokens": src}}
+        src, lengths = net_input["src_tokens"], net_input["src_lengths"]
+        ids = [int(i) for i in sample["id"].tolist()]
+        if self.edge_silence is not None:
+            if self._silence_bank is None:
+                self._silence_bank = silence_bank(build_cmvn(self.cfg.cmvn, self.cfg.cmvn_stats or
+                                                             os.path.join(self.cfg.data, "cmvn.npz")))
+            seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
+            src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
+        if self.specaugment is not None:
+            seeds = [(self.cfg.seed, int(update_num), i) for i in ids]
+            src = spec_augment_batch(src, lengths, self.specaugment, seeds)
+        return {**sample, "net_input": {**net_input, "src_tokens": src, "src_lengths": lengths}}
 
     # model / generation -------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint: bool = False):

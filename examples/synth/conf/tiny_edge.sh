@@ -1,0 +1,9 @@
+# conf/tiny.sh with edge-silence augmentation (fairseq_hkd/data/edge_silence.py): half of the training
+# utterances get up to 200 ms of silence or quiet noise before and up to 500 ms after them, so that
+# the model does not expect speech at frame 0 (voice-activity segments of long recordings start a
+# few tens of ms early or late and end in a pause; BENCHMARKS.md, long recordings).
+#   examples/synth/train.sh --exp exp/synth/edge --criterion cif_hkd --conf tiny_edge
+. "$HERE/conf/tiny.sh"
+specaug_args+=(
+  --edge-silence-max-start-ms 200 --edge-silence-max-end-ms 500 --edge-silence-prob 0.5
+)
