@@ -12,6 +12,11 @@ PyTorch; ONNX Runtime's sin/cos differ in the last bit): fairseq's ``RelPosition
 stores a table of 2 * max_source_positions - 1 rows and the decoder's sinusoidal table has 1,024;
 computed in the graph, neither limits the input length nor weighs in the model file.
 
+Kernel-1 convolutions (the conformer convolution module's pointwise convs) are written as matrix
+products (``_PointwiseAsLinear``, the same arithmetic) so that ``--quantize int8``, which quantizes
+MatMul/Gemm weights, covers them too: as fp32 Conv nodes they were 8 % of the paper model's int8
+encoder time (BENCHMARKS.md).
+
 The CIF integration is not in a graph: the runtime computes it in numpy float64
 (``fairseq_hkd/runtime/cif.py``), the same fire placement as ``fairseq_hkd.ops.cif``.
 """
@@ -82,6 +87,36 @@ def sinusoid_rows(positions: torch.Tensor, freq: torch.Tensor, dim: int) -> torc
     return emb
 
 
+class _PointwiseAsLinear(nn.Module):
+    """A kernel-1, ungrouped, unpadded ``nn.Conv1d`` as a matrix product: [B, C_in, T] -> [B, C_out, T]."""
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0].clone())  # [C_out, C_in]
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.transpose(1, 2), self.weight, self.bias).transpose(1, 2)
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv1d) and m.kernel_size == (1,) and m.groups == 1 and m.stride == (1,)
+            and m.dilation == (1,) and m.padding in ((0,), "valid") and m.padding_mode == "zeros")
+
+
+def pointwise_convs_as_linear(module: nn.Module) -> int:
+    """Replace every pointwise ``nn.Conv1d`` under ``module`` (in place) by ``_PointwiseAsLinear``;
+    returns how many were replaced."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if _is_pointwise(child):
+            setattr(module, name, _PointwiseAsLinear(child))
+            n += 1
+        else:
+            n += pointwise_convs_as_linear(child)
+    return n
+
+
 class EncoderGraph(nn.Module):
     """fbank [B, T, F] float32 (after CMVN), fbank_lengths [B] int64 ->
     (encoder_out [B, T', D], encoder_lengths [B] int64, alpha [B, T'] float32, 0 at padding).
@@ -94,6 +129,7 @@ class EncoderGraph(nn.Module):
         super().__init__()
         model = copy.deepcopy(model).eval()
         model.encoder.embed_positions = _GraphRelPositions(model.encoder.embed_dim)
+        pointwise_convs_as_linear(model.encoder)
         self.encoder, self.cif = model.encoder, model.cif
 
     def forward(self, fbank: torch.Tensor, fbank_lengths: torch.Tensor) -> Tuple[torch.Tensor, ...]:
