@@ -52,7 +52,7 @@ def test_padding_keeps_each_utterance_between_bank_frames():
     assert 0.64 < np.mean([d != (0, 0, 0) for d in draws]) < 0.76
 
 
-def test_task_pads_training_updates_only_and_refuses_utterance_cmvn(tiny_corpus, tmp_path):
+def test_task_pads_training_updates_only_and_refuses_utterance_cmvn(tiny_corpus):
     with pytest.raises(ValueError, match="--cmvn global"):
         setup_task(tiny_corpus, "--edge-silence-max-start-ms", "200")
     with pytest.raises(ValueError, match="at most 1980 ms"):
