@@ -23,9 +23,12 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 import torch
 
+from fairseq_hkd.data.audio import SAMPLE_RATE
+from fairseq_hkd.data.fbank import fbank, num_frames
+
 NOISE_LEVELS_DBFS = (None, -80.0, -70.0, -60.0)  # None: digital silence
 BANK_SECONDS = 2.0
-MAX_FRAMES = 198  # frames of BANK_SECONDS (fbank.num_frames): the most silence one edge can get
+MAX_FRAMES = num_frames(int(BANK_SECONDS * SAMPLE_RATE))  # the bank's length: the most silence one edge can get
 
 
 @dataclass
@@ -40,10 +43,7 @@ class EdgeSilenceConfig:
 
 def silence_bank(cmvn: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> np.ndarray:
     """Normalised fbank frames of silence, one row of frames per level of ``NOISE_LEVELS_DBFS``:
-    float32 [L, N, 80] (N = frames of ``BANK_SECONDS`` of 16 kHz audio)."""
-    from fairseq_hkd.data.audio import SAMPLE_RATE
-    from fairseq_hkd.data.fbank import fbank
-
+    float32 [L, N, 80] (N = ``MAX_FRAMES``, the frames of ``BANK_SECONDS`` of 16 kHz audio)."""
     rng = np.random.default_rng(seed)
     n = int(BANK_SECONDS * SAMPLE_RATE)
     rows = []
@@ -82,5 +82,5 @@ def pad_edges_batch(
         n = int(lengths[b])
         out[b, :a] = silence[level, :a]
         out[b, a: a + n] = src[b, :n]
-        out[b, a + n: a + n + e] = silence[level, N - e:] if e else silence[level, :0]
+        out[b, a + n: a + n + e] = silence[level, N - e:]  # e = 0: N: is empty
     return out, new_lengths
