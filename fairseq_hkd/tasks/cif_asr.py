@@ -261,12 +261,16 @@ class CifAsrTask(FairseqTask):
             )
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
-        cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
+        cmvn = self._build_cmvn()
         teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets], entries)
         self.datasets[split] = CifAsrDataset(
             split, entries, targets, self.tgt_dict, features, cmvn, teacher, shuffle=self.is_training_split(split),
         )
         logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
+
+    def _build_cmvn(self):
+        """The feature normalisation of --cmvn (global stats: --cmvn-stats, default DATA/cmvn.npz)."""
+        return build_cmvn(self.cfg.cmvn, self.cfg.cmvn_stats or os.path.join(self.cfg.data, "cmvn.npz"))
 
     def _open_teacher(self, split: str, utt_ids, target_lengths, entries=None):
         """The split's teacher store per --load-teacher (checked against the targets), or None."""
@@ -383,8 +387,7 @@ class CifAsrTask(FairseqTask):
         ids = [int(i) for i in sample["id"].tolist()]
         if self.edge_silence is not None:
             if self._silence_bank is None:
-                self._silence_bank = silence_bank(build_cmvn(self.cfg.cmvn, self.cfg.cmvn_stats or
-                                                             os.path.join(self.cfg.data, "cmvn.npz")))
+                self._silence_bank = silence_bank(self._build_cmvn())
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
         if self.specaugment is not None:
