@@ -5,6 +5,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_train.py                     # cif_tiny + paper
     .venv/bin/python benchmarks/profile_train.py --arch cif_tiny --dropout-impl packed --steps 5
+    .venv/bin/python benchmarks/profile_train.py --arch cif_tiny_80ms --preset demo --dropout-impl packed
 
 Batches and models come from benchmarks/bench_hkd.py (the same synthetic batches as
 bench_train.py, the demo's shapes for cif_tiny: B=16, 3 s, WordPiece-sized vocabulary). Each
@@ -53,7 +54,9 @@ def categorise(name: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", nargs="+", default=list(PRESETS))
+    p.add_argument("--arch", nargs="+", default=["cif_tiny", "cif_conformer_paper"])
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="batch shapes (bench_train.py's PRESETS); default: the preset named like the arch")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dropout-impl", choices=["torch", "packed"], default="torch")
@@ -61,7 +64,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     for arch in a.arch:
-        B, T, S, V, D = PRESETS[arch]
+        if (a.preset or arch) not in PRESETS:
+            p.error(f"no batch shapes named {arch!r}: add --preset {{{','.join(PRESETS)}}}")
+        B, T, S, V, D = PRESETS[a.preset or arch]
         d, model, task = build_setup(arch, V, D)
         if a.dropout_impl == "packed":
             use_packed_dropout(model)

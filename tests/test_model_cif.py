@@ -87,6 +87,43 @@ def test_encoder_lengths_are_exact(conv_layers, pool_after):
     assert (out["encoder_out"][mask] == 0).all()
 
 
+@pytest.mark.parametrize("layers,bias", [(1, True), (3, True), (2, False)])
+def test_subsampler_equals_masking_every_conv_output(layers, bias):
+    """The subsampler masks its last conv's padded frames after the projection (cheaper); the
+    definition zeroes every conv's padded frames before it: same outputs (padded frames too) and
+    gradients, float64."""
+    from fairseq_hkd.models.conformer_encoder import Conv2dSubsampler, lengths_to_padding_mask, subsampled_lengths
+
+    torch.manual_seed(0)
+    sub = Conv2dSubsampler(20, 4, 16, layers).double()
+    if not bias:
+        sub.out.bias = None
+    x, L = padded_batch([37, 20, 9, 1])
+    x = x.double()
+
+    def reference(x):
+        y, lengths = x.unsqueeze(1), L
+        for conv in sub.convs:
+            y = torch.relu(conv(y))
+            lengths = subsampled_lengths(lengths, n_convs=1)
+            y = y.masked_fill(lengths_to_padding_mask(lengths, y.size(2))[:, None, :, None], 0.0)
+        b, c, t, f = y.shape
+        return sub.out(y.permute(2, 0, 1, 3).reshape(t, b, c * f)), lengths
+
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    (got, got_len), (ref, ref_len) = sub(xs[0], L), reference(xs[1])
+    assert torch.equal(got_len, ref_len)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(ref)
+    grads = []
+    for out, inp in ((got, xs[0]), (ref, xs[1])):
+        sub.zero_grad()
+        (out * w).sum().backward()
+        grads.append([inp.grad] + [p.grad.clone() for p in sub.parameters()])
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
 def test_encoder_output_does_not_depend_on_batch_padding():
     torch.manual_seed(0)
     enc = ConformerEncoder(20, 4, 1, 16, 32, 2, 3, 5, [1, 2], 0.1).eval()
