@@ -127,7 +127,7 @@ def worker_args(a, kind, threads, model_dir):
 
 
 def export_dirs(a, root: str):
-    """fp32 and int8 model directories of the benchmark model; the PyTorch state dict's size."""
+    """fp32, int8 and int8-encoder model directories of the benchmark model; the PyTorch state dict's size."""
     from types import SimpleNamespace
 
     import torch
@@ -141,14 +141,15 @@ def export_dirs(a, root: str):
     cfg = SimpleNamespace(cmvn="none", cmvn_stats=None, data=root, min_source_frames=8, strict_sample_rate=False,
                           multichannel="downmix", unit="char", lowercase=False, cif_eos_slack=0)
     t0 = time.perf_counter()
-    fp32, int8 = os.path.join(root, "fp32"), os.path.join(root, "int8")
+    fp32, int8, int8enc = (os.path.join(root, x) for x in ("fp32", "int8", "int8-encoder"))
     export_model_dir(model, SimpleNamespace(cfg=cfg, target_dictionary=d), dict_path, fp32)
     t_export = time.perf_counter() - t0
     quantize_model_dir(fp32, int8)
+    quantize_model_dir(fp32, int8enc, decoder=False)
     pt = os.path.join(root, "model.pt")
     torch.save(model.state_dict(), pt)
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    return fp32, int8, os.path.getsize(pt), n_params, t_export
+    return fp32, int8, int8enc, os.path.getsize(pt), n_params, t_export
 
 
 def dir_size(path: str) -> int:
@@ -176,9 +177,9 @@ def main():
 
     threads = [int(t) for t in a.threads.split(",")]
     with tempfile.TemporaryDirectory() as root:
-        fp32, int8, pt_size, n_params, t_export = export_dirs(a, root)
-        configs = [("PyTorch fp32", "torch", "")] + [("onnxruntime fp32", "onnx", fp32),
-                                                     ("onnxruntime int8", "onnx", int8)]
+        fp32, int8, int8enc, pt_size, n_params, t_export = export_dirs(a, root)
+        configs = [("PyTorch fp32", "torch", ""), ("onnxruntime fp32", "onnx", fp32),
+                   ("onnxruntime int8", "onnx", int8), ("ort int8-encoder", "onnx", int8enc)]
         results = {(name, t): [] for name, _, _ in configs for t in threads}
         for r in range(a.rounds):
             for name, kind, d in configs:
@@ -188,7 +189,8 @@ def main():
                     print(f"round {r + 1}: {name}, {t} thread(s): RTF {res['rtf']:.4f}, CPU RTF {res['cpu_rtf']:.4f}, "
                           f"peak {res['peak_mib']:.0f} MiB",
                           file=sys.stderr)
-        sizes = {"PyTorch fp32": pt_size, "onnxruntime fp32": dir_size(fp32), "onnxruntime int8": dir_size(int8)}
+        sizes = {"PyTorch fp32": pt_size, "onnxruntime fp32": dir_size(fp32), "onnxruntime int8": dir_size(int8),
+                 "ort int8-encoder": dir_size(int8enc)}
         print(f"{a.arch}: {n_params:.1f} M parameters, vocabulary {a.vocab}, {a.token_rate} fires/s; batch {a.batch} "
               f"of {0.7 * a.seconds:.1f}-{a.seconds:.1f} s, beam {a.beam}; median of {a.repeats} x {a.rounds} rounds; "
               f"export took {t_export:.0f} s")

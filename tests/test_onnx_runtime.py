@@ -228,6 +228,29 @@ def test_int8_and_config(exported, trained_cif):
     assert wrong <= 1, texts
 
 
+def test_int8_encoder_only(exported, trained_cif, tmp_path):
+    """--quantize int8-encoder: the encoder quantized as in int8, the decoder graph the fp32 file
+    byte for byte; the directory says so and still transcribes the overfit utterances."""
+    import onnx
+
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.export.onnx_export import quantize_model_dir
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    out = tmp_path / "int8enc"
+    cfg = quantize_model_dir(str(exported.fp32), str(out), decoder=False)
+    assert cfg["precision"] == json.loads((out / "config.json").read_text())["precision"] == "int8-encoder"
+    assert (out / "decoder_step.onnx").read_bytes() == (exported.fp32 / "decoder_step.onnx").read_bytes()
+    ops = lambda path: {n.op_type for n in onnx.load(str(path)).graph.node}  # noqa: E731
+    assert ops(out / "encoder.onnx") == ops(exported.int8 / "encoder.onnx")
+    assert "DynamicQuantizeLinear" in ops(out / "encoder.onnx") or "MatMulInteger" in ops(out / "encoder.onnx")
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    rec = OnnxRecognizer(str(out), beam=1)
+    assert rec.precision == "int8-encoder"
+    texts = [d.text for d in rec.decode_files([e.audio for e in entries])]
+    assert sum(t != e.tgt_text for t, e in zip(texts, entries)) <= 1, texts
+
+
 def test_nar_export(trained_cif, exported, tmp_path):
     """A non-autoregressive decoder exports as one graph and decodes as ``nar_argmax``: the trained
     encoder with a random NAR decoder; the encoder graph is the AR export's (same weights), only the

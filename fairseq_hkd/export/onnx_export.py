@@ -4,6 +4,7 @@ Usage::
 
     fairseq-hkd-export --path exp/demo-final/hkd/checkpoint_best.pt --out exp/demo-final/hkd/onnx
     fairseq-hkd-export --path ckpt.pt --out onnx-int8 --quantize int8
+    fairseq-hkd-export --path ckpt.pt --out onnx-int8enc --quantize int8-encoder   # decoder fp32
     fairseq-hkd-export --path ckpt.pt --data data/synth --out onnx   # the data directory moved
 
     fairseq-hkd-transcribe --backend onnx --model-dir exp/demo-final/hkd/onnx a.wav
@@ -14,6 +15,9 @@ exporter (onnxscript), batch and time axes dynamic, weights inside the .onnx fil
 ``--quantize int8`` writes the same directory with the graphs' MatMul/Gemm weights quantized to
 int8 (onnxruntime's dynamic quantization: activations quantized per call); the CIF weight
 predictor's last projection stays float, so fire positions do not move with the quantization.
+``--quantize int8-encoder`` quantizes the encoder graph only: the decoder's small per-step matrix
+products gain little from int8 and, on the demo's heldout set, caused half of int8's transcript
+changes (BENCHMARKS.md, ONNX runtime).
 
 Errors about the inputs (a checkpoint of another task, a missing dictionary or CMVN file, a
 dictionary of another size than the model's output layer) are :class:`ExportError`, one line
@@ -37,6 +41,8 @@ import torch
 from fairseq_hkd.runtime.model_dir import CONFIG_NAME, FORMAT, VERSION, ModelDirError, read_dictionary
 
 logger = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("int8", "int8-encoder")
 
 __all__ = ["ExportError", "load_checkpoint", "export_model_dir", "quantize_model_dir", "cli_main"]
 
@@ -226,12 +232,12 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
 
     frontend = frontend_config(task)
     if quantize is not None:
-        if quantize != "int8":
-            raise ExportError(f"--quantize {quantize!r}: only int8 is supported")
+        if quantize not in QUANTIZE_CHOICES:
+            raise ExportError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             export_model_dir(model, task, dict_path, tmp, None, checkpoint)
-            return quantize_model_dir(tmp, out_dir)
+            return quantize_model_dir(tmp, out_dir, decoder=quantize == "int8")
     os.makedirs(out_dir, exist_ok=True)
     ar = bool(model.decoder.autoregressive)
     files = {"encoder": ENCODER_FILE, "decoder": DECODER_STEP_FILE if ar else DECODER_NAR_FILE,
@@ -265,9 +271,10 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
     return config
 
 
-def quantize_model_dir(src_dir: str, out_dir: str) -> Dict:
+def quantize_model_dir(src_dir: str, out_dir: str, decoder: bool = True) -> Dict:
     """An fp32 model directory -> the same with int8 MatMul/Gemm weights (``quantize_int8``; the
-    CIF weight predictor's last projection stays float). Returns the new config."""
+    CIF weight predictor's last projection stays float); ``decoder=False`` keeps the decoder graph
+    fp32 (precision ``int8-encoder``). Returns the new config."""
     from fairseq_hkd.runtime.model_dir import read_model_dir
 
     src = read_model_dir(src_dir)
@@ -276,11 +283,11 @@ def quantize_model_dir(src_dir: str, out_dir: str) -> Dict:
                           "quantization needs an fp32 export")
     os.makedirs(out_dir, exist_ok=True)
     for key, name in src.config["files"].items():
-        if key == "dictionary":
+        if key == "dictionary" or (key != "encoder" and not decoder):
             shutil.copyfile(src.file(key), os.path.join(out_dir, name))
         else:
             quantize_int8(src.file(key), os.path.join(out_dir, name), exclude_alpha_head=key == "encoder")
-    config = dict(src.config, precision="int8")
+    config = dict(src.config, precision="int8" if decoder else "int8-encoder")
     _write_config(out_dir, config)
     return config
 
@@ -306,7 +313,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
     p.add_argument("--data", help="data directory with dict.txt (and cmvn.npz for global CMVN); default: "
                                   "the checkpoint's")
-    p.add_argument("--quantize", choices=["int8"], help="quantize the MatMul/Gemm weights to int8")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                   help="int8: the MatMul/Gemm weights of every graph to int8 (smallest, fastest); "
+                        "int8-encoder: the encoder's only, the decoder stays fp32 (closer to fp32's "
+                        "transcripts; BENCHMARKS.md)")
     return p
 
 

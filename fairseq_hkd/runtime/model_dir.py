@@ -10,7 +10,7 @@ Layout (file names fixed; ``config.json`` lists them)::
                            -> lprobs [B, N, V]
     DIR/dict.txt           the training dictionary (fairseq format; <s> <pad> </s> <unk> first)
 
-config.json keys: ``format`` / ``version``; ``precision`` (fp32 | int8); ``files``; ``frontend``
+config.json keys: ``format`` / ``version``; ``precision`` (fp32 | int8 | int8-encoder); ``files``; ``frontend``
 (``fbank``: kaldi-native-fbank's FbankOptions as a dict, ``wave_scale``, ``sample_rate``,
 ``cmvn``: type global | utterance | none, with ``mean`` / ``std`` for global, ``min_source_frames``,
 ``strict_sample_rate``, ``multichannel``); ``units`` (unit type, lowercase); ``dictionary``
