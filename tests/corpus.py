@@ -50,7 +50,9 @@ def synth_espeak(text: str, path: Path, voice: str, speed: int) -> None:
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", tmp.name, text],
                        check=True, capture_output=True)
         if shutil.which("sox"):
-            subprocess.run(["sox", tmp.name, "-r", str(SR), "-c", "1", "-b", "16", str(path)],
+            # -D: no dither (sox's dither is randomly seeded, so the files, and every model trained
+            # on them, would differ from run to run; fairseq_hkd/prepare/synth.py does the same)
+            subprocess.run(["sox", "-D", tmp.name, "-r", str(SR), "-c", "1", "-b", "16", str(path)],
                            check=True, capture_output=True)
         else:
             from fairseq_hkd.data.audio import resample

@@ -1,6 +1,6 @@
 """fairseq-generate end to end on a tiny CIF model overfit to 4 synthesized utterances.
 
-The session fixture ``trained_cif`` trains ``cif_tiny`` with fairseq-train (~45 s on one core);
+The session fixture ``trained_cif`` trains ``cif_tiny`` with fairseq-train (~60 s on one core);
 tests/test_transcribe.py and tests/test_generate_average.py reuse it. ``test`` is a copy of the
 training manifest (so the model should reproduce it), ``valid`` holds 2 unseen utterances (non-zero
 error rates to check the scorer on). The stock-command test decodes the ``train`` split itself with
@@ -21,7 +21,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-TRAIN_EPOCHS = 120
+TRAIN_EPOCHS = 160
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = str(REPO / "fairseq_hkd")  # absolute: tests may run from any directory
 
