@@ -72,10 +72,13 @@ class AudioFeatures:
             raise wrong_rate_error(entry.audio, entry.where, rate)
         return num_frames(resampled_length(entry.n_samples, rate))
 
+    def waveform(self, entry: ManifestEntry) -> np.ndarray:
+        """The utterance's 16 kHz mono samples (float32)."""
+        return read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=self.strict_sample_rate,
+                          multichannel=self.multichannel, expected_rate=entry.sample_rate)
+
     def __call__(self, entry: ManifestEntry) -> np.ndarray:
-        wav = read_audio(entry.audio, entry.where, entry.n_samples, strict_sample_rate=self.strict_sample_rate,
-                         multichannel=self.multichannel, expected_rate=entry.sample_rate)
-        return fbank(wav)
+        return fbank(self.waveform(entry))
 
 
 class StoredFeatures:
@@ -157,6 +160,8 @@ class CifAsrDataset(FairseqDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.features, "set_epoch"):  # time_shift.py draws per epoch
+            self.features.set_epoch(epoch)
 
     @property
     def supports_prefetch(self) -> bool:

@@ -31,6 +31,7 @@ from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeature
 from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
 from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
+from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment_batch
@@ -95,6 +96,12 @@ class CifAsrConfig(FairseqDataclass):
     )
     edge_silence_prob: float = field(
         default=0.5, metadata={"help": "edge-silence augmentation: probability per utterance"}
+    )
+    # time shift (training split only; data/time_shift.py) ---------------------------------------
+    time_shift_max_ms: float = field(
+        default=0.0, metadata={"help": "time-shift augmentation: drop U{0..N} ms at the start of each training "
+                                       "utterance's waveform (0 = off; 10 covers every frame phase; needs "
+                                       "--feature-store no)"}
     )
     # length filtering ---------------------------------------------------------------------------
     max_source_frames: int = field(
@@ -249,6 +256,10 @@ class CifAsrTask(FairseqTask):
         cfg = self.cfg
         manifest = os.path.join(cfg.data, f"{split}.tsv")
         use_store = cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split)
+        shift = cfg.time_shift_max_ms > 0 and self.is_training_split(split)
+        if shift and use_store:
+            raise ValueError(f"--time-shift-max-ms needs the waveforms, but {split} would read the feature store "
+                             f"{cfg.data}/{split}.fbank.*: add --feature-store no")
         entries = read_manifest(manifest, check_audio_exists=not use_store)  # the store replaces the audio
         targets = encode_targets(entries, self.units, self.tgt_dict, cfg.max_unk_ratio)
         if use_store:
@@ -261,6 +272,9 @@ class CifAsrTask(FairseqTask):
             )
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
+        if shift:
+            features = TimeShiftedFeatures(features, cfg.time_shift_max_ms, cfg.seed)
+            logger.info(f"{split}: time shift of 0..{cfg.time_shift_max_ms:g} ms per utterance and epoch")
         cmvn = self._build_cmvn()
         teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets], entries)
         self.datasets[split] = CifAsrDataset(
