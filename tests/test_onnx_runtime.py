@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from fairseq_hkd.runtime.cif import cif_numpy
@@ -326,6 +327,38 @@ print("MODULES", json.dumps(heavy + ours))
         times = [float(s.rsplit(":", 1)[1]) for s in stamps.split(" ")]
         assert times == sorted(times)
     assert "WER" in proc.stderr
+
+
+def test_runtime_splits_long_files_without_torch(exported, trained_cif, tmp_path):
+    """A file longer than --max-segment is split at its pauses by the onnxruntime Silero VAD where
+    torch cannot be imported, and gives what the in-process runtime gives."""
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.segments import SegmenterConfig
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    gap = np.zeros(8000, np.float32)
+    wav = np.concatenate([x for e in entries for x in (sf.read(e.audio, dtype="float32")[0], gap)])
+    path = tmp_path / "long.wav"
+    sf.write(path, wav, 16000, subtype="PCM_16")
+    code = f"""
+import json, sys
+sys.argv = ["fairseq-hkd-transcribe", "--backend", "onnx", "--model-dir", {str(exported.fp32)!r}, "--beam", "4",
+            "--max-segment", "3", "--format", "json", "--quiet", {str(path)!r}]
+from fairseq_hkd.runtime.cli import transcribe_main
+transcribe_main()
+print("TORCH", "torch" in sys.modules)
+"""
+    proc = blocked_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, last = proc.stdout.strip().rsplit("\n", 1)
+    assert last == "TORCH False"
+    got = json.loads(out)
+    got = got[0] if isinstance(got, list) else got
+    assert len(got["segments"]) >= 2 and len(wav) / 16000 > 3
+    seg = SegmenterConfig(max_segment_s=3.0)
+    ref = next(OnnxRecognizer(str(exported.fp32), beam=4).iter_transcribe([str(path)], segmenter=seg))
+    assert got["text"] == ref.text and ref.text
 
 
 def test_package_import_without_torch_and_genuine_errors():

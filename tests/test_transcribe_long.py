@@ -345,6 +345,27 @@ def test_silero_batched_equals_stock_model(tiny_corpus):
     np.testing.assert_allclose(vad(frames), ref, atol=1e-4)
 
 
+def test_onnx_silero_equals_torch_silero(tiny_corpus):
+    """The ONNX runtime's detector (runtime/vad.py, onnxruntime only) gives SileroVad's probabilities,
+    whatever the blocks."""
+    pytest.importorskip("torch")
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.vad import SileroVad
+    from fairseq_hkd.runtime.vad import OnnxSileroVad
+
+    wavs = [read_audio(e.audio) for e in read_manifest(tiny_corpus / "valid.tsv")[:3]]
+    wav = np.concatenate([wavs[0], np.zeros(6000, np.float32), wavs[1], np.zeros(9000, np.float32), wavs[2]])
+    n = len(wav) // 512
+    frames = wav[: n * 512].reshape(n, 512)
+    ref = SileroVad()(frames)
+    vad = OnnxSileroVad()
+    ours = np.concatenate([vad(frames[:5]), vad(frames[5:6]), vad(frames[6:6]), vad(frames[6:])])
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    assert ref.max() > 0.9 and ref.min() < 0.1
+    vad.reset()
+    np.testing.assert_allclose(vad(frames), ref, atol=1e-4)
+
+
 # ---------------------------------------------------------------------- end to end (console script)
 @pytest.mark.slow
 def test_cli_folder_with_bad_files(trained_cif, venv_bin, tmp_path):

@@ -15,25 +15,12 @@ The package is loaded without importing ``silero_vad`` itself: its ``model.py`` 
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import torch
 
+from fairseq_hkd.runtime.vad import silero_model_path  # torch-free, shared with the ONNX runtime's detector
+
 __all__ = ["SileroVad", "silero_model_path"]
-
-
-def silero_model_path(name: str = "silero_vad.jit") -> str:
-    """Path of a model file inside the installed silero-vad package (not imported)."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("silero-vad is not installed: pip install --no-deps silero-vad==6.2.3 "
-                          "(its extras would pull torchaudio; scripts/setup.sh does this)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing from the silero-vad package; reinstall silero-vad==6.2.3")
-    return path
 
 
 class SileroVad:

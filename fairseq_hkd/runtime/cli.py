@@ -12,8 +12,8 @@ arguments to the PyTorch transcriber (``fairseq_hkd/generation/transcribe.py``).
 the torch-free transcription modules of ``fairseq_hkd/generation/`` (inputs: files, folders,
 ``--list``, ``--manifest``; the pipeline with failure isolation; ``--format tsv|text|json|srt|vtt``;
 progress and summary), so the options and outputs are the same, except: no ``--path``, ``--data``,
-``--lm-path``, ``--plot``, ``--model-overrides`` (the tail threshold is the export's), and files longer
-than ``--max-segment`` need torch for the Silero VAD (without torch each is an ERROR line). A bad
+``--lm-path``, ``--plot``, ``--model-overrides`` (the tail threshold is the export's). Files longer
+than ``--max-segment`` are split at pauses by Silero VAD on onnxruntime (``runtime/vad.py``). A bad
 model directory is a one-line error naming the file.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
     add_output_args(p)
     p.add_argument("--max-files", type=int, help="only the first N inputs")
-    add_segmenter_args(p, ', which needs torch')
+    add_segmenter_args(p, ' on onnxruntime')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -221,8 +221,8 @@ class OnnxRecognizer:
                         on_audio=None):
         """``Recognizer.iter_transcribe`` without torch: one ``Transcript`` or ``FileError`` per file,
         in input order (``items``: paths, folders or ``AudioItem``s). Files longer than
-        ``segmenter.max_segment_s`` are split by the Silero VAD, which needs torch: without it each
-        such file is a ``FileError`` saying so. References are normalised by
+        ``segmenter.max_segment_s`` are split at pauses by Silero VAD on onnxruntime
+        (``runtime/vad.py``). References are normalised by
         :func:`normalise_reference`."""
         from fairseq_hkd.generation.inputs import AudioItem, collect_inputs
         from fairseq_hkd.generation.pipeline import PipelineConfig, TranscriptionPipeline
@@ -255,19 +255,10 @@ class OnnxRecognizer:
 
 
 def _silero_vad():
-    """The transcriber's speech detector for long files (Silero VAD, ``generation/vad.py``), which
-    runs on torch: where torch is not installed, an AudioError (the file fails, the others go on)."""
-    from fairseq_hkd.data.audio import AudioError
+    """The transcriber's speech detector for long files: Silero VAD on onnxruntime (``runtime/vad.py``)."""
+    from fairseq_hkd.runtime.vad import OnnxSileroVad
 
-    try:
-        from fairseq_hkd.generation.vad import SileroVad
-    except ModuleNotFoundError as e:
-        if e.name != "torch":
-            raise
-        raise AudioError("longer than --max-segment: splitting long files at pauses needs the Silero VAD, which "
-                         "needs torch (not installed here); cut the file, or raise --max-segment to decode it "
-                         "whole") from None
-    return SileroVad()
+    return OnnxSileroVad()
 
 
 def normalise_reference(text: str, units_cfg: dict) -> str:

@@ -1,0 +1,68 @@
+"""Silero VAD on onnxruntime, without torch: speech probabilities per 32 ms frame, many frames per call.
+
+The ONNX runtime's transcriber splits long files at pauses with this detector (the PyTorch
+transcriber uses ``generation/vad.py``). It runs ``silero_vad_16k_sequence.onnx`` from the installed
+``silero-vad==6.2.3`` wheel (no download): the 16 kHz network over a block of N frames in one call,
+each 512-sample frame with the 64 samples before it, the LSTM state carried between calls. Same
+probabilities as ``generation/vad.py``'s ``SileroVad`` on the same audio (within 1e-4,
+``tests/test_transcribe_long.py``). The package itself is not imported (it imports torch).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+__all__ = ["OnnxSileroVad", "silero_model_path"]
+
+
+def silero_model_path(name: str = "silero_vad.jit") -> str:
+    """Path of a model file inside the installed silero-vad package (not imported)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("silero-vad is not installed: pip install --no-deps silero-vad==6.2.3 "
+                          "(its extras would pull torchaudio; scripts/setup.sh does this)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing from the silero-vad package; reinstall silero-vad==6.2.3")
+    return path
+
+
+class OnnxSileroVad:
+    """Streaming Silero VAD at 16 kHz: ``frames`` [N, 512] float32 -> speech probabilities [N].
+
+    Consecutive calls continue the same audio (LSTM state and 64-sample context carried);
+    :meth:`reset` starts a new file.
+    """
+
+    frame_samples = 512
+    context_samples = 64
+    hidden = 128
+
+    def __init__(self, path: str | None = None, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(path or silero_model_path("silero_vad_16k_sequence.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = np.zeros((1, 1, self.hidden), dtype=np.float32)
+        self.c = np.zeros((1, 1, self.hidden), dtype=np.float32)
+        self.context = np.zeros(self.context_samples, dtype=np.float32)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(frames, dtype=np.float32)
+        assert x.ndim == 2 and x.shape[1] == self.frame_samples, f"frames {x.shape}: expected [N, 512]"
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        ctx = np.concatenate([self.context[None], x[:-1, -self.context_samples:]], 0)  # [N, 64]
+        probs, self.h, self.c = self.session.run(None, {"input": np.concatenate([ctx, x], 1), "h": self.h,
+                                                        "c": self.c})
+        self.context = x[-1, -self.context_samples:].copy()
+        return np.asarray(probs, dtype=np.float32).reshape(-1)
