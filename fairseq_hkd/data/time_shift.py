@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 from fairseq_hkd.data.audio import SAMPLE_RATE
+from fairseq_hkd.data.fbank import fbank
 from fairseq_hkd.data.manifest import ManifestEntry
 
 
@@ -55,8 +56,6 @@ class TimeShiftedFeatures:
         return self.audio.frames(entry)
 
     def __call__(self, entry: ManifestEntry) -> np.ndarray:
-        from fairseq_hkd.data.fbank import fbank
-
         wav = self.audio.waveform(entry)
         n = shift_samples(self.max_samples, self.seed, self.epoch, entry.id)
         return fbank(wav[min(n, max(len(wav) - 1, 0)):])  # never below one sample

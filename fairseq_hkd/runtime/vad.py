@@ -43,12 +43,10 @@ class OnnxSileroVad:
     def __init__(self, path: str | None = None, threads: int = 1):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(path or silero_model_path("silero_vad_16k_sequence.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        from fairseq_hkd.runtime.recognizer import session_options  # the runtime's CPU session settings
+
+        self.session = ort.InferenceSession(path or silero_model_path("silero_vad_16k_sequence.onnx"),
+                                            session_options(threads), providers=["CPUExecutionProvider"])
         self.reset()
 
     def reset(self) -> None:
