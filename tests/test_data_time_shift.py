@@ -52,7 +52,5 @@ def test_needs_the_waveforms_and_a_valid_size(tiny_corpus, monkeypatch):
     monkeypatch.setattr(FeatureStore, "exists", staticmethod(lambda data, split: True))
     with pytest.raises(ValueError, match="--feature-store no"):
         task.load_dataset("train")
-    with pytest.raises(ValueError, match=">= 0"):
-        from fairseq_hkd.data.time_shift import TimeShiftedFeatures
-
-        TimeShiftedFeatures(None, -1, 1)
+    with pytest.raises(ValueError, match="--time-shift-max-ms must be >= 0"):
+        setup_task(tiny_corpus, "--time-shift-max-ms", "-5")

@@ -218,6 +218,8 @@ class CifAsrTask(FairseqTask):
         if self.edge_silence is not None and max(edge.max_start, edge.max_end) > EDGE_SILENCE_MAX_FRAMES:
             raise ValueError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
         self._silence_bank: Optional[np.ndarray] = None  # built at the first padded batch
+        if cfg.time_shift_max_ms < 0:
+            raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
