@@ -18,21 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fairseq_hkd.runtime.vad import silero_model_path  # torch-free, shared with the ONNX runtime's detector
+from fairseq_hkd.runtime.vad import SileroFrames, silero_model_path  # torch-free, shared with the ONNX detector
 
 __all__ = ["SileroVad", "silero_model_path"]
 
 
-class SileroVad:
-    """Streaming Silero VAD at 16 kHz: ``frames`` [N, 512] float32 -> speech probabilities [N].
-
-    Consecutive calls continue the same audio (LSTM state and 64-sample context carried);
-    :meth:`reset` starts a new file.
-    """
-
-    frame_samples = 512
-    context_samples = 64
-    hidden = 128
+class SileroVad(SileroFrames):
+    """Streaming Silero VAD at 16 kHz on torch (see :class:`SileroFrames`)."""
 
     def __init__(self, path: str | None = None):
         jit = torch.jit.load(path or silero_model_path(), map_location="cpu").eval()
@@ -49,17 +41,14 @@ class SileroVad:
 
     def reset(self) -> None:
         self.state = None  # (h, c), each [1, 1, 128]
-        self.context = torch.zeros(self.context_samples)
+        self.reset_context()
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))  # [N, 512]
-        assert x.dim() == 2 and x.size(1) == self.frame_samples, f"frames {tuple(x.shape)}: expected [N, 512]"
-        if x.size(0) == 0:
+        frames = self.checked(frames)
+        if frames.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        ctx = torch.cat([self.context[None], x[:-1, -self.context_samples:]], 0)  # [N, 64]
-        feats = self.encoder(self.stft(torch.cat([ctx, x], 1)))  # [N, 128, 1]
+        feats = self.encoder(self.stft(torch.from_numpy(self.with_context(frames))))  # [N, 128, 1]
         h, self.state = self.lstm(feats.squeeze(-1)[:, None, :], self.state)  # h [N, 1, 128]
         probs = self.head(h.reshape(-1, self.hidden, 1))  # [N, 1, 1]
-        self.context = x[-1, -self.context_samples:].clone()
         return probs.reshape(-1).numpy()

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-__all__ = ["OnnxSileroVad", "silero_model_path"]
+__all__ = ["OnnxSileroVad", "SileroFrames", "silero_model_path"]
 
 
 def silero_model_path(name: str = "silero_vad.jit") -> str:
@@ -29,16 +29,36 @@ def silero_model_path(name: str = "silero_vad.jit") -> str:
     return path
 
 
-class OnnxSileroVad:
-    """Streaming Silero VAD at 16 kHz: ``frames`` [N, 512] float32 -> speech probabilities [N].
-
-    Consecutive calls continue the same audio (LSTM state and 64-sample context carried);
-    :meth:`reset` starts a new file.
+class SileroFrames:
+    """What both Silero detectors share (this one and ``generation/vad.py``'s): 16 kHz frames of 512
+    samples, each fed with the 64 samples before it (zeros before a file's first frame), and an LSTM
+    of 128 units whose state the subclass carries. Subclasses: ``frames`` [N, 512] float32 ->
+    speech probabilities [N]; consecutive calls continue the same audio, :meth:`reset` starts a new file.
     """
 
     frame_samples = 512
     context_samples = 64
     hidden = 128
+
+    def reset_context(self) -> None:
+        self.context = np.zeros(self.context_samples, dtype=np.float32)
+
+    def with_context(self, frames: np.ndarray) -> np.ndarray:
+        """[N, 512] float32 (N >= 1, from :meth:`checked`) -> [N, 576]: each frame after the 64
+        samples before it; the last frame's tail becomes the context of the next call."""
+        ctx = np.concatenate([self.context[None], frames[:-1, -self.context_samples:]], 0)  # [N, 64]
+        self.context = frames[-1, -self.context_samples:].copy()
+        return np.concatenate([ctx, frames], 1)
+
+    def checked(self, frames) -> np.ndarray:
+        """``frames`` as a C-contiguous float32 [N, 512] array (anything else: an assertion)."""
+        x = np.ascontiguousarray(frames, dtype=np.float32)
+        assert x.ndim == 2 and x.shape[1] == self.frame_samples, f"frames {x.shape}: expected [N, {self.frame_samples}]"
+        return x
+
+
+class OnnxSileroVad(SileroFrames):
+    """Streaming Silero VAD at 16 kHz on onnxruntime (see :class:`SileroFrames`)."""
 
     def __init__(self, path: str | None = None, threads: int = 1):
         import onnxruntime as ort
@@ -52,15 +72,11 @@ class OnnxSileroVad:
     def reset(self) -> None:
         self.h = np.zeros((1, 1, self.hidden), dtype=np.float32)
         self.c = np.zeros((1, 1, self.hidden), dtype=np.float32)
-        self.context = np.zeros(self.context_samples, dtype=np.float32)
+        self.reset_context()
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(frames, dtype=np.float32)
-        assert x.ndim == 2 and x.shape[1] == self.frame_samples, f"frames {x.shape}: expected [N, 512]"
-        if x.shape[0] == 0:
+        frames = self.checked(frames)
+        if frames.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        ctx = np.concatenate([self.context[None], x[:-1, -self.context_samples:]], 0)  # [N, 64]
-        probs, self.h, self.c = self.session.run(None, {"input": np.concatenate([ctx, x], 1), "h": self.h,
-                                                        "c": self.c})
-        self.context = x[-1, -self.context_samples:].copy()
+        probs, self.h, self.c = self.session.run(None, {"input": self.with_context(frames), "h": self.h, "c": self.c})
         return np.asarray(probs, dtype=np.float32).reshape(-1)
