@@ -20,6 +20,7 @@ max_update=1300
 train_minutes=0
 seed=1
 beam=5
+bf16=auto   # train.sh --bf16: auto | yes | no
 acd_weight=0.2  # HKD's ACD weight (train.sh's default; the paper's 1.0 is worse here: README)
 
 . "$REPO/examples/common.sh"
@@ -37,7 +38,7 @@ train_one() {  # train_one MODEL CRITERION: train unless done before; progress l
   if [ -f "$exp/$model/checkpoint_best.pt" ] && grep -q "done training" "$exp/$model/train.log" 2>/dev/null; then
     log "$model: trained before ($exp/$model), skipped"; return 0; fi
   OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$exp/$model" --criterion "$criterion" \
-    --acd-weight "$acd_weight" --seed "$seed" --max-update "$max_update" --train-minutes "$train_minutes" \
+    --acd-weight "$acd_weight" --seed "$seed" --max-update "$max_update" --train-minutes "$train_minutes" --bf16 "$bf16" \
     | { grep --line-buffered -E "\| (train|heldout) \||train_inner|done training" | sed -u "s/^/[$model] /" || true; }
   grep -q "done training" "$exp/$model/train.log" || { echo "$0: training $model failed: $exp/$model/train.log" >&2; return 1; }
 }

@@ -24,6 +24,7 @@ max_update=1300
 max_tokens=5000    # padded 10 ms frames per batch (conf/tiny.sh)
 train_minutes=0    # > 0: also stop after this wall-clock time (fairseq --stop-time-hours)
 conf=tiny          # conf/$conf.sh
+bf16=auto          # bf16 autocast of training forward passes: auto (where the CPU computes bf16 natively) | yes | no
 epoch_checkpoints=no  # yes: also keep checkpointN.pt of every epoch (learning curves)
 plm=""
 

@@ -16,7 +16,7 @@ optim_args=(
   --lr 2e-3 --lr-scheduler tri_stage --init-lr-scale 0.01 --final-lr-scale 0.05
   --warmup-steps "$warmup" --hold-steps $(( max_update / 2 - warmup )) --decay-steps $(( max_update - max_update / 2 ))
   --max-update "$max_update" --max-tokens "${max_tokens:-5000}" --required-batch-size-multiple 1
-  --autocast-bf16 auto  # speed: bf16 forward only where the CPU computes bf16 natively
+  --autocast-bf16 "${bf16:-auto}"  # speed: bf16 forward where the CPU computes bf16 natively (train.sh --bf16)
 )
 # CIF losses (CE with label smoothing 0.1 + 1.0 quantity + 0.5 CTC); cif_hkd adds ACD/LRD weights.
 criterion_args=(
