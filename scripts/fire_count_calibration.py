@@ -10,6 +10,12 @@ c * sum(alpha) plus the tail rule at 0.5) equals the target length S (units + </
 c * sum(alpha) - S. If some c != 1 raised the accuracy a lot, the count error would be a bias a
 calibration (or a stronger quantity loss) could remove; if c = 1 is best, the error is spread
 around the target and only a better encoder / weight predictor helps.
+
+Then, at scale 1, where the count error comes from: its correlation with the utterance's speech
+rate (target tokens per second of audio; strongly negative = fast speech under-counted, slow
+speech over-counted: the weights follow duration more than content), the accuracy per rate tercile,
+and the count accuracy of the CTC head's greedy output (collapsed non-blank tokens + </s>) on the
+same utterances: if CTC counts no better than CIF, the encoder, not the weight predictor, is short.
 """
 import argparse
 
@@ -33,17 +39,39 @@ def main() -> None:
     model = models[0].eval()
     for split in args.splits:
         task.load_dataset(split)
-        alphas, lengths = [], []
+        alphas, lengths, seconds, ctc_counts = [], [], [], []
+        blank = task.target_dictionary.bos()  # the CTC blank (criterions/cif.py)
         with torch.no_grad():
             for s in task.get_batch_iterator(task.dataset(split), max_tokens=20000).next_epoch_itr(shuffle=False):
                 out = model(**s["net_input"], target_lengths=s["target_lengths"])
                 alphas.append(out["alpha"].double())
                 lengths.append(s["target_lengths"])
+                seconds.append(s["net_input"]["src_lengths"].double() / 100.0)  # 10 ms fbank frames
+                ctc_counts.append(torch.tensor([ctc_greedy_count(lp[:n], blank) + 1 for lp, n in
+                                                zip(out["ctc_logits"], out["encoder_lengths"].tolist())]))
         for c in args.scales:
             acc = np.concatenate([(predicted_token_counts(a * c, 1.0, 0.5) == t).numpy() for a, t in zip(alphas, lengths)])
             diff = np.concatenate([(a.sum(1) * c - t).numpy() for a, t in zip(alphas, lengths)])
             print(f"{split}\tscale {c:.2f}\tfire-count accuracy {100 * acc.mean():.1f} %\t"
                   f"mean(c*sum(alpha) - S) {diff.mean():+.3f}\tmean |.| {np.abs(diff).mean():.3f}")
+        target = torch.cat(lengths).double().numpy()
+        err = torch.cat([a.sum(1) for a in alphas]).numpy() - target
+        rate = target / torch.cat(seconds).numpy()
+        correct = np.concatenate([(predicted_token_counts(a, 1.0, 0.5) == t).numpy() for a, t in zip(alphas, lengths)])
+        print(f"{split}\tcorr(sum(alpha) - S, tokens per second) {np.corrcoef(err, rate)[0, 1]:+.2f}")
+        for name, k in zip(("slow", "middle", "fast"), np.array_split(np.argsort(rate), 3)):
+            print(f"{split}\t{name} third ({rate[k].min():.2f}-{rate[k].max():.2f} tokens/s)\tfire-count accuracy "
+                  f"{100 * correct[k].mean():.1f} %\tmean(sum(alpha) - S) {err[k].mean():+.3f}")
+        ctc = torch.cat(ctc_counts).numpy()
+        print(f"{split}\tCTC greedy count accuracy {100 * np.mean(ctc == target):.1f} % (CIF: {100 * correct.mean():.1f} %)")
+
+
+def ctc_greedy_count(logits: torch.Tensor, blank: int) -> int:
+    """[T, V] CTC logits -> number of tokens of the greedy CTC output (repeats collapsed, blanks out)."""
+    best = logits.argmax(dim=-1)
+    keep = torch.ones_like(best, dtype=torch.bool)
+    keep[1:] = best[1:] != best[:-1]
+    return int((keep & (best != blank)).sum())
 
 
 if __name__ == "__main__":
