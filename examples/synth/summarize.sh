@@ -36,7 +36,9 @@ summary() {
   echo "heldout acd_acc: $(field acd_acc)"
   echo "updates: $(field num_updates)"
   echo "train wall s: $(grep -E "\| train \| " "$log" | tail -n 1 | sed -n 's/.*| wall \([0-9]*\).*/\1/p')"
-  echo "bf16 autocast: $(grep -m 1 -oE "under bf16 autocast: .*" "$log" | sed 's/under bf16 autocast: //')"
+  local bf16; bf16=$(grep -m 1 -oE "under bf16 autocast: .*" "$log" | sed 's/under bf16 autocast: //' || true)
+  [ -n "$bf16" ] || bf16=$(grep -m 1 -qE "'autocast_bf16': no" "$log" && echo "off (--autocast-bf16 no)" || echo "off (option absent)")
+  echo "bf16 autocast: $bf16"
   [ -f "$exp/command.txt" ] && echo "command: $(sed "s|$REPO/||g" "$exp/command.txt")"
   echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
 }
