@@ -120,6 +120,54 @@ def test_bf16_autocast_keeps_cif_and_losses_in_float32():
     assert ce.dtype == torch.float32
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_bf16_autocast_encoder_attention_softmax_in_float32(monkeypatch, chunked):
+    """CPU autocast runs softmax in its input's dtype: the encoder's attention (fairseq's module in
+    full context, ``rel_pos_attention`` under a chunk mask) must promote its scores itself, as
+    fairseq's MultiheadAttention does, while its products still run in bf16."""
+    torch.manual_seed(0)
+    kwargs = dict(encoder_chunk_size=4) if chunked else {}
+    model = small_model(dropout=0.0, cif_dropout=0.0, decoder_dropout=0.0, **kwargs).eval()
+    x, lengths = padded_batch([40, 31])
+    seen, outs = [], []
+    softmax = torch.softmax
+
+    def recording_softmax(t, *args, **kwargs):
+        seen.append(t.dtype)
+        return softmax(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "softmax", recording_softmax)
+    for layer in model.encoder.layers:
+        layer.self_attn.linear_out.register_forward_hook(lambda m, i, o: outs.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        enc = model.forward_encoder(x, lengths)
+    n_layers = len(model.encoder.layers)
+    assert outs == [torch.bfloat16] * n_layers  # the attention's products did run in bf16
+    assert seen == [torch.float32] * n_layers, seen
+    ref = model.forward_encoder(x, lengths)["encoder_out"]
+    assert (enc["encoder_out"].float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_float32_softmax_attention_is_fairseqs_in_float32():
+    """In float32 the swapped attention computes bit for bit what fairseq's module computes."""
+    from fairseq.modules.espnet_multihead_attention import RelPositionMultiHeadedAttention
+
+    torch.manual_seed(0)
+    model = small_model(dropout=0.0, cif_dropout=0.0, decoder_dropout=0.0).eval()
+    attn = model.encoder.layers[0].self_attn
+    assert type(attn) is not RelPositionMultiHeadedAttention and isinstance(attn, RelPositionMultiHeadedAttention)
+    B, H, T, dk = 2, attn.h, 7, attn.d_k
+    value, scores = torch.randn(B, H, T, dk), torch.randn(B, H, T, T)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[1, 5:] = True
+    for m in (mask, None):
+        assert torch.equal(attn.forward_attention(value, scores, m),
+                           RelPositionMultiHeadedAttention.forward_attention(attn, value, scores, m))
+    # fp16 values (a --fp16 decode): the float32 weights are cast back for the product
+    out = attn.half().forward_attention(value.half(), scores.half(), mask)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
 def test_task_autocast_modes(monkeypatch):
     """--autocast-bf16: no -> off; yes -> on (CPU); auto -> on exactly when the CPU has native bf16."""
     from types import SimpleNamespace

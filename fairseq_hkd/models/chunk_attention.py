@@ -17,14 +17,41 @@ model then serves every chunk size at inference, and full context.
 :func:`rel_pos_attention` is fairseq's ``RelPositionMultiHeadedAttention`` (ESPnet's, Transformer-XL
 positional terms) with the same parameters, generalised to T1 != T2 (queries are the last T1 of the
 T2 keys) and to a [B, T1, T2] mask; it reads the module's weights, so checkpoints are unchanged.
+
+Both it and fairseq's module (through :func:`float32_softmax_attention`) take the softmax of the
+attention scores in float32 when the products ran in bf16/fp16 (CPU bf16 autocast keeps softmax in
+its input's dtype); in float32 they compute exactly what they computed before.
 """
 import math
 from typing import Optional, Tuple
 
 import torch
+from fairseq.modules.espnet_multihead_attention import RelPositionMultiHeadedAttention
 from torch import Tensor
 
-__all__ = ["chunk_attention_mask", "sample_chunk", "rel_pos_slice", "rel_pos_attention", "project_kv"]
+__all__ = ["chunk_attention_mask", "sample_chunk", "rel_pos_slice", "rel_pos_attention", "project_kv",
+           "float32_softmax_attention"]
+
+
+class _Float32SoftmaxRelPosAttention(RelPositionMultiHeadedAttention):
+    """fairseq's ``RelPositionMultiHeadedAttention`` with its softmax in float32 (same parameters)."""
+
+    def forward_attention(self, value, scores, mask):
+        """value [B, H, T2, d_k], scores [B, H, T1, T2], mask [B, T2] (True = padding) -> [B, T1, D]."""
+        scores = scores.float()
+        if mask is not None:
+            scores = scores.masked_fill(mask.unsqueeze(1).unsqueeze(2).to(bool), float("-inf"))
+        self.attn = torch.softmax(scores, dim=-1)
+        x = torch.matmul(self.dropout(self.attn).to(value.dtype), value)  # [B, H, T1, d_k]
+        return self.linear_out(x.transpose(1, 2).contiguous().view(value.size(0), -1, self.h * self.d_k))
+
+
+def float32_softmax_attention(attn: RelPositionMultiHeadedAttention) -> RelPositionMultiHeadedAttention:
+    """The same module (parameters untouched, no new random draws) with its softmax in float32."""
+    if type(attn) is not RelPositionMultiHeadedAttention:
+        raise TypeError(f"expected fairseq's RelPositionMultiHeadedAttention, got {type(attn).__name__}")
+    attn.__class__ = _Float32SoftmaxRelPosAttention
+    return attn
 
 
 def chunk_attention_mask(size: int, chunk: int, left_chunks: int = -1, device=None) -> Tensor:
@@ -93,13 +120,15 @@ def rel_pos_attention(attn, query: Tensor, k: Tensor, v: Tensor, pos_emb: Tensor
     # query i (absolute T2 - T1 + i), key j: relative position T2 - T1 + i - j <-> entry T1 - 1 - i + j
     idx = (T1 - 1 - torch.arange(T1, device=q.device))[:, None] + torch.arange(T2, device=q.device)[None, :]
     matrix_bd = matrix_bd.gather(-1, idx.expand(B, attn.h, T1, T2))
-    scores = (matrix_ac + matrix_bd) / math.sqrt(attn.d_k)
+    # scores and softmax in float32 even when the products ran in bf16/fp16 (CPU bf16 autocast does
+    # not promote softmax; fairseq's own attention does the same with utils.softmax(dtype=float32))
+    scores = (matrix_ac.float() + matrix_bd.float()) / math.sqrt(attn.d_k)
     if mask is not None:
         m = mask.unsqueeze(1) if mask.dim() == 3 else mask[None, None]
         scores = scores.masked_fill(m, float("-inf"))
         weights = torch.softmax(scores, dim=-1).masked_fill(m, 0.0)  # all-masked rows: NaN -> 0
     else:
         weights = torch.softmax(scores, dim=-1)
-    x = torch.matmul(attn.dropout(weights), v)  # [B, H, T1, d_k]
+    x = torch.matmul(attn.dropout(weights).to(v.dtype), v)  # [B, H, T1, d_k]
     x = x.transpose(1, 2).reshape(B, T1, attn.h * attn.d_k)
     return attn.linear_out(x).transpose(0, 1)

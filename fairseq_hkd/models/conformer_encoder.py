@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from fairseq.modules import RelPositionalEncoding
 from fairseq.modules.conformer_layer import ConformerEncoderLayer, ConvolutionModule
 
-from fairseq_hkd.models.chunk_attention import chunk_attention_mask, project_kv, rel_pos_attention, sample_chunk
+from fairseq_hkd.models.chunk_attention import (chunk_attention_mask, float32_softmax_attention, project_kv,
+                                                rel_pos_attention, sample_chunk)
 
 __all__ = ["ConformerEncoder", "Conv2dSubsampler", "subsampled_lengths", "pooled_lengths", "lengths_to_padding_mask"]
 
@@ -165,6 +166,7 @@ class MaskedConformerLayer(ConformerEncoderLayer):
             depthwise_kernel_size=depthwise_conv_kernel_size, dropout=dropout,
             activation_fn="swish")
         self.conv_module.causal = causal_conv
+        float32_softmax_attention(self.self_attn)  # bf16 autocast: attention softmax in float32
 
     def forward(self, x: torch.Tensor, encoder_padding_mask: Optional[torch.Tensor],
                 position_emb: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
