@@ -8,6 +8,7 @@
 #   examples/synth/ablation.sh                         # CIF, HKD seeds 1 2 3; ACD, LRD seeds 1 2
 #   examples/synth/ablation.sh --max-update 2600 --max-tokens 2500 --exp exp/abl2600 --results examples/synth/results/abl2600
 #   examples/synth/ablation.sh --main-seeds "1 2" --part-seeds "1" --parallel 1
+#   examples/synth/ablation.sh --part-seeds ""          # CIF and HKD only
 #
 # Runs prepare.sh if needed, then train.sh + decode.sh per (system, seed) into EXP/SYSTEM-sSEED.
 # A run whose summary is already in RESULTS, or whose EXP/SYSTEM-sSEED has been decoded, is not run
@@ -119,6 +120,7 @@ field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
   echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | heldout fire-count acc. % | seeds |"
   echo "|---|---|---|---|---|---|"
   for sys in cif acd lrd hkd; do
+    [ -n "$(seeds_of $sys)" ] || continue  # --part-seeds "": CIF and HKD only
     read -r criterion acd lrd <<< "${systems[$sys]}"
     tst=() held=() fire=()
     for seed in $(seeds_of $sys); do
@@ -132,6 +134,7 @@ field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
   echo "Paired comparisons with CIF on test (seeds paired by number; bootstrap over the test utterances):"
   echo
   for sys in acd lrd hkd; do
+    [ -n "$(seeds_of $sys)" ] || continue
     base=() syst=()
     for seed in $(seeds_of $sys); do
       base+=("$results/cif-s$seed.generate-test.txt"); syst+=("$results/$sys-s$seed.generate-test.txt"); done
