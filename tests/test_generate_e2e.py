@@ -21,7 +21,9 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-TRAIN_EPOCHS = 160
+# 160 epochs memorised the 4 utterances on an AVX2 CPU but left one with an extra token on an
+# AVX512 one (other float kernels, another trajectory; same at daf3f2c): 240 settle on both.
+TRAIN_EPOCHS = 240
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = str(REPO / "fairseq_hkd")  # absolute: tests may run from any directory
 
