@@ -131,10 +131,29 @@ def test_inputs_files_folders_lists_stdin(tmp_path):
     assert [it.audio for it in collect_inputs(["-"], stdin=stdin)] == [str(root / "a.flac")]
     stdin = io.StringIO(f"{root / 'a.flac'}\n")
     assert [it.utt_id for it in collect_inputs([], list_file="-", stdin=stdin)] == ["a"]
-    with pytest.raises(InputError, match="share the id 'b'"):
-        collect_inputs([str(root / "b.wav"), str(root / "b.wav")])
     with pytest.raises(InputError, match="--list"):
         collect_inputs([], list_file=str(tmp_path / "nope.txt"))
+
+
+def test_inputs_ids_stay_unique_and_a_file_given_twice_is_read_once(tmp_path, caplog):
+    """Ids name the output files: same-named files get their extension, then their path; no input
+    is refused for its name."""
+    for rel in ["x/a.wav", "x/a.flac", "y/a.wav", "x/b.wav"]:
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / rel, np.zeros(1600, np.float32), SR, format=Path(rel).suffix[1:].upper())
+    x, y = tmp_path / "x", tmp_path / "y"
+    items = collect_inputs([str(x)])  # a folder with a.flac and a.wav
+    assert [(it.utt_id, Path(it.audio).name) for it in items] == [("a.flac", "a.flac"), ("a.wav", "a.wav"), ("b", "b.wav")]
+    items = collect_inputs([str(x / "a.wav"), str(y / "a.wav"), str(x / "b.wav")])
+    assert [it.utt_id for it in items] == [str(x / "a.wav"), str(y / "a.wav"), "b"]
+    with caplog.at_level("WARNING"):
+        items = collect_inputs([str(x / "b.wav"), str(x), str(tmp_path / "x" / ".." / "x" / "b.wav")])
+    assert [it.utt_id for it in items] == ["b", "a.flac", "a.wav"]  # b.wav once, where first given
+    assert sum("given more than once" in r.message for r in caplog.records) == 2
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"id\taudio\tn_samples\ttgt_text\nb\t{y / 'a.wav'}\t1600\thi\n")
+    items = collect_inputs([str(x / "b.wav"), str(y / "a.wav")], manifest=str(manifest))
+    assert [(it.utt_id, it.reference) for it in items] == [("b", "hi"), ("b.wav", None)]  # the manifest keeps its id
 
 
 # ---------------------------------------------------------------------- block reading

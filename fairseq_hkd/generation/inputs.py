@@ -11,17 +11,20 @@ Torch-free (stdlib + soundfile), shared by ``fairseq-hkd-transcribe`` and the ON
   relative paths from the current directory; ``-`` reads the list from stdin.
 
 A path that does not exist is not fatal: it becomes an item whose reading fails (one error line at
-the end, the others transcribed). Two inputs with the same id are a usage error
-(:class:`InputError`, one line naming both files).
+the end, the others transcribed). Ids stay unique (they name the output files): files whose ids
+collide keep their extension (``a.flac``, ``a.ogg``), then, if still equal, become the path as
+given (``x/a.wav``, ``y/a.wav``); the same file given twice is transcribed once (a logged, counted
+skip). Manifest ids are never renamed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, List, Optional, Sequence, TextIO
 
-__all__ = ["AudioItem", "InputError", "AUDIO_EXTENSIONS", "collect_inputs", "expand_path", "read_list", "file_id"]
+__all__ = ["AudioItem", "InputError", "AUDIO_EXTENSIONS", "collect_inputs", "expand_path", "unique_ids", "read_list", "file_id"]
 
 # extensions of libsndfile's formats (soundfile.available_formats() names the formats, not the suffixes);
 # a folder search skips .mat (MATLAB files are rarely audio) and .raw (headerless)
@@ -44,7 +47,7 @@ AUDIO_EXTENSIONS = _audio_extensions()
 
 
 class InputError(ValueError):
-    """A usage mistake in the inputs (duplicate ids, an unreadable list or manifest): one line."""
+    """A usage mistake in the inputs (an unreadable list or manifest): one line."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,15 @@ def collect_inputs(paths: Sequence[str] = (), manifest: Optional[str] = None, li
                    stdin: Optional[TextIO] = None) -> List[AudioItem]:
     """All inputs in order: manifest entries, then ``paths``, then the list's paths (``list_file``
     ``-``: read from ``stdin``, default ``sys.stdin``). A path ``-`` in ``paths`` also reads stdin.
-    Raises :class:`InputError` for duplicate ids or a missing list file, ``ManifestError`` /
-    ``FileNotFoundError`` for a bad manifest."""
+    Ids are made unique (:func:`unique_ids`). Raises :class:`InputError` for a missing list file,
+    ``ManifestError`` / ``FileNotFoundError`` for a bad manifest."""
     items: List[AudioItem] = []
+    n_manifest = 0
     if manifest:
         from fairseq_hkd.data.manifest import read_manifest
 
         items += [AudioItem(e.id, e.audio, e.tgt_text) for e in read_manifest(manifest, check_audio_exists=False)]
+        n_manifest = len(items)
     listed: List[str] = []
     for p in paths:
         if p == "-":
@@ -111,10 +116,48 @@ def collect_inputs(paths: Sequence[str] = (), manifest: Optional[str] = None, li
             listed += read_list(f)
     for p in listed:
         items += expand_path(p)
-    seen = {}
-    for it in items:
-        if it.utt_id in seen:
-            raise InputError(f"two inputs share the id {it.utt_id!r} ({seen[it.utt_id]} and {it.audio}); "
-                             "rename one of the files or give their folder instead")
-        seen[it.utt_id] = it.audio
-    return items
+    return unique_ids(items, n_fixed=n_manifest)
+
+
+def unique_ids(items: Sequence[AudioItem], n_fixed: int = 0) -> List[AudioItem]:
+    """``items`` with unique ids, in order. The first ``n_fixed`` (a manifest's) keep theirs; among
+    the others, colliding ids become the id with the file's extension (``sub/a.flac``), then the path
+    as given; an audio file given twice (or listed in the manifest too) is kept once (logged). Raises
+    :class:`InputError` for two manifest entries with one id, or an id no rename frees (a file
+    named like a manifest id and given by that name)."""
+    log = logging.getLogger(__name__)
+    out: List[AudioItem] = []
+    seen_audio = set()
+    for i, it in enumerate(items):
+        key = os.path.realpath(it.audio)
+        if i >= n_fixed and key in seen_audio:
+            log.warning("%s is given more than once: transcribed once", it.audio)
+            continue
+        seen_audio.add(key)
+        out.append(it)
+    fixed = [it.utt_id for it in out[:n_fixed]]
+    if len(set(fixed)) < len(fixed):
+        dup = next(x for x in fixed if fixed.count(x) > 1)
+        raise InputError(f"the manifest has the id {dup!r} twice; give each line its own id")
+
+    def collisions(ids: List[str]) -> set:
+        counts = {}
+        for x in ids:
+            counts[x] = counts.get(x, 0) + 1
+        return {x for x, c in counts.items() if c > 1}
+
+    ids = [it.utt_id for it in out]
+    renames = (lambda it: it.utt_id + os.path.splitext(it.audio)[1],  # sub/a -> sub/a.flac
+               lambda it: os.path.normpath(it.audio).replace(os.sep, "/"))  # the path as given
+    for rename in renames:
+        clash = collisions(ids)
+        if not clash:
+            break
+        for i in range(n_fixed, len(out)):
+            if ids[i] in clash:
+                ids[i] = rename(out[i])
+    clash = collisions(ids)
+    if clash:  # only a path equal to a manifest id, or a path named like another's renamed id
+        i = next(i for i in range(n_fixed, len(out)) if ids[i] in clash)
+        raise InputError(f"{out[i].audio}: its id {ids[i]!r} is taken by another input; rename the file")
+    return [it if it.utt_id == x else replace(it, utt_id=x) for it, x in zip(out, ids)]
