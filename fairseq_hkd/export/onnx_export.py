@@ -129,6 +129,7 @@ def frontend_config(task) -> Dict:
         "wave_scale": WAVE_SCALE,
         "fbank": fbank_options().as_dict(),
         "cmvn": cmvn,
+        "input_level": str(getattr(cfg, "input_level", "off")),  # the training setting (data/level.py)
         "min_source_frames": int(cfg.min_source_frames),
         "strict_sample_rate": bool(cfg.strict_sample_rate),
         "multichannel": str(cfg.multichannel),

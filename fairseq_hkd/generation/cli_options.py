@@ -1,12 +1,13 @@
 """Command-line options both transcribers share (PyTorch ``generation/transcribe.py`` and the
-ONNX runtime's ``runtime/cli.py``): output format and destination, segmentation of long files.
+ONNX runtime's ``runtime/cli.py``): output format and destination, segmentation of long files,
+input level.
 Torch-free (stdlib only, plus the torch-free formats and segments modules)."""
 import argparse
 
 from fairseq_hkd.generation.formats import FORMATS
 from fairseq_hkd.generation.segments import SegmenterConfig
 
-__all__ = ["add_output_args", "add_segmenter_args", "segmenter_from_args"]
+__all__ = ["add_level_arg", "add_output_args", "add_segmenter_args", "level_from_args", "segmenter_from_args"]
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -38,3 +39,26 @@ def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
                                pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
     except AssertionError as e:
         raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
+
+
+def add_level_arg(p: argparse.ArgumentParser) -> None:
+    """--input-level (data/level.py)."""
+    p.add_argument("--input-level", default="auto", metavar="auto|off|NATS",
+                   help="match each file's (or long-file segment's) speech level to the level the model was "
+                        "trained at before decoding (auto), or to NATS, or decode it as recorded (off)")
+    p.add_argument("--input-level-tolerance", type=float, default=None, metavar="DB",
+                   help="levels within DB of the target are decoded as recorded, others are moved to the "
+                        "nearer edge (default 0: every level is matched)")
+
+
+def level_from_args(args: argparse.Namespace) -> str:
+    """--input-level, checked (a bad value exits with one line)."""
+    from fairseq_hkd.data.level import resolve_target
+
+    try:
+        resolve_target(args.input_level, "utterance")
+    except ValueError as e:
+        raise SystemExit(f"--input-level: {e}")
+    if args.input_level_tolerance is not None and args.input_level_tolerance < 0:
+        raise SystemExit(f"--input-level-tolerance must be >= 0 dB, got {args.input_level_tolerance:g}")
+    return args.input_level

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from fairseq_hkd.data.audio import AudioError
-from fairseq_hkd.generation.cli_options import add_output_args, add_segmenter_args, segmenter_from_args
+from fairseq_hkd.generation.cli_options import add_level_arg, add_output_args, add_segmenter_args, level_from_args, segmenter_from_args
 from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs, file_id
 from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
@@ -74,10 +74,15 @@ class Recognizer:
     pipeline that feeds it files (long ones split at pauses)."""
 
     def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
-                 lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None):
+                 lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None, input_level: str = "auto",
+                 input_level_tolerance_db: Optional[float] = None):
         """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py);
-        segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py)."""
+        segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py);
+        input_level: ``auto`` (match each file's or segment's speech level to the model's training
+        level), ``off``, or a level in nats; input_level_tolerance_db: levels this close to it are
+        left as recorded (None: data/level.py's default for the model)."""
         from fairseq_hkd.data.cmvn import build_cmvn
+        from fairseq_hkd.data.level import model_level
         from fairseq_hkd.generation.cif_generator import CifGenerator
 
         self.device = torch.device(device)
@@ -89,6 +94,9 @@ class Recognizer:
                                       lm_weight=lm_weight)
         cfg = task.cfg
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
+        self.level_target, self.level_tolerance_db = model_level(
+            input_level, getattr(cfg, "input_level", "off"), str(cfg.cmvn), getattr(self.cmvn, "mean", None),
+            input_level_tolerance_db)
         self.downsample = int(model.encoder.downsample)
         self.segmenter = segmenter or SegmenterConfig()
         self._vad = None
@@ -96,12 +104,13 @@ class Recognizer:
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, beam: int = 10, cpu: bool = False,
                         model_overrides: Optional[dict] = None, lm_path: Optional[str] = None,
-                        lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None) -> "Recognizer":
+                        lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None,
+                        input_level: str = "auto", input_level_tolerance_db: Optional[float] = None) -> "Recognizer":
         """Load ``path`` with fairseq's checkpoint_utils. ``data``: the data directory with dict.txt
         (default: the one the checkpoint was trained on); ``model_overrides``: e.g.
         ``{"cif_tail_threshold": 0.4}``; ``lm_path``, ``lm_weight``: shallow fusion as
         ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``);
-        ``segmenter``: see :class:`SegmenterConfig`."""
+        ``segmenter``: see :class:`SegmenterConfig`; ``input_level``: see ``__init__``."""
         from fairseq import checkpoint_utils
 
         import fairseq_hkd  # noqa: F401  (registers the task and model; compat shims for torch.load)
@@ -133,14 +142,17 @@ class Recognizer:
             if lm_weight == 0.0:
                 logger.warning(f"--lm-path {lm_path} with --lm-weight 0: the language model is not used")
         return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight,
-                   segmenter=segmenter)
+                   segmenter=segmenter, input_level=input_level, input_level_tolerance_db=input_level_tolerance_db)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
-        """Mono 16 kHz float32 [n] -> normalised fbank [T, 80], as the task computes it."""
+        """Mono 16 kHz float32 [n] -> normalised fbank [T, 80], as the task computes it, with the
+        speech level matched to ``level_target`` first (None: as recorded)."""
         from fairseq_hkd.data.fbank import fbank
+        from fairseq_hkd.data.level import match_level
 
-        return np.ascontiguousarray(self.cmvn(fbank(wav)), dtype=np.float32)
+        feats = match_level(fbank(wav), self.level_target, self.level_tolerance_db)[0]
+        return np.ascontiguousarray(self.cmvn(feats), dtype=np.float32)
 
     @property
     def min_samples(self) -> int:
@@ -310,6 +322,7 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
                    help="write one alignment PNG per file decoded whole to DIR")
     p.add_argument("--max-files", type=int, help="only the first N inputs")
     add_segmenter_args(p)
+    add_level_arg(p)
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"cif_tail_threshold": 0.4}\'')
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -361,9 +374,11 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
     except json.JSONDecodeError as e:
         raise SystemExit(f"--model-overrides must be JSON ({e}): {args.model_overrides!r}")
     segmenter = segmenter_from_args(args)
+    level_from_args(args)
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,
                                      model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight,
-                                     segmenter=segmenter)
+                                     segmenter=segmenter, input_level=args.input_level,
+                                     input_level_tolerance_db=args.input_level_tolerance)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     writer = OutputWriter(args.format, args.output_dir, out, timestamps=args.timestamps)
     stats = Progress(items, enabled=not args.quiet)

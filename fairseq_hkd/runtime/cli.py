@@ -29,7 +29,7 @@ logger = logging.getLogger("fairseq_hkd.runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairseq_hkd.generation.cli_options import add_output_args, add_segmenter_args
+    from fairseq_hkd.generation.cli_options import add_level_arg, add_output_args, add_segmenter_args
 
     p = argparse.ArgumentParser(
         prog="fairseq-hkd-transcribe --backend onnx",
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(p)
     p.add_argument("--max-files", type=int, help="only the first N inputs")
     add_segmenter_args(p, ' on onnxruntime')
+    add_level_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
     from fairseq_hkd.generation.inputs import InputError, collect_inputs
     from fairseq_hkd.generation.progress import Progress
-    from fairseq_hkd.generation.cli_options import segmenter_from_args
+    from fairseq_hkd.generation.cli_options import level_from_args, segmenter_from_args
     from fairseq_hkd.runtime.model_dir import ModelDirError
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer, describe
 
@@ -100,7 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"--format {args.format} writes one file per input: add --output-dir DIR ({len(items)} inputs)")
     segmenter = segmenter_from_args(args)
     try:
-        rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack)
+        rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack,
+                             input_level=level_from_args(args), input_level_tolerance_db=args.input_level_tolerance)
     except (ModelDirError, ValueError) as e:
         raise SystemExit(f"fairseq-hkd-transcribe: error: {e}")
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

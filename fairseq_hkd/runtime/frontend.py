@@ -2,26 +2,29 @@
 
 The same computation as training and ``fairseq-hkd-transcribe`` (``data/audio.py``,
 ``data/fbank.py``, ``data/cmvn.py``), with the options read from the exported config: the
-kaldi-native-fbank options dict (``FbankOptions.as_dict()`` at export), the waveform scale and the
-CMVN statistics (float32, as ``GlobalCmvn``). Files at another sample rate are resampled by
+kaldi-native-fbank options dict (``FbankOptions.as_dict()`` at export), the waveform scale, the
+input level matching (``data/level.py``; ``input_level`` = the training setting, absent before
+2026-12-03 = off) and the CMVN statistics (float32, as ``GlobalCmvn``). Files at another sample rate are resampled by
 ``data/audio.py`` with scipy, which is then needed (or rejected with ``strict_sample_rate``).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from fairseq_hkd.data.audio import AudioError, read_audio
 from fairseq_hkd.data.cmvn import utterance_cmvn
+from fairseq_hkd.data.level import match_level, model_level
 
 __all__ = ["Frontend"]
 
 
 class Frontend:
-    """``features(wav)`` and ``read(path)`` as configured by config.json's ``frontend`` dict."""
+    """``features(wav)`` and ``read(path)`` as configured by config.json's ``frontend`` dict;
+    ``input_level``, ``input_level_tolerance_db``: as ``fairseq-hkd-transcribe --input-level[-tolerance]``."""
 
-    def __init__(self, cfg: Dict):
+    def __init__(self, cfg: Dict, input_level: str = "auto", input_level_tolerance_db: Optional[float] = None):
         import kaldi_native_fbank as knf
 
         self.cfg = cfg
@@ -37,6 +40,8 @@ class Frontend:
             self.std = np.asarray(cmvn["std"], dtype=np.float64).astype(np.float32)
         elif self.cmvn_type not in ("utterance", "none"):
             raise ValueError(f"unknown CMVN type {self.cmvn_type!r} in the model's config.json")
+        self.level_target, self.level_tolerance_db = model_level(
+            input_level, cfg.get("input_level", "off"), self.cmvn_type, cmvn.get("mean"), input_level_tolerance_db)
 
     def fbank(self, wav: np.ndarray) -> np.ndarray:
         """float32 [n] in [-1, 1] -> log-mel fbank float32 [T, F] (``data/fbank.fbank``)."""
@@ -53,7 +58,7 @@ class Frontend:
 
     def features(self, wav: np.ndarray) -> np.ndarray:
         """Mono float32 [n] at the model's rate -> normalised fbank [T, F] float32."""
-        feats = self.fbank(wav)
+        feats = match_level(self.fbank(wav), self.level_target, self.level_tolerance_db)[0]
         if self.cmvn_type == "global":
             if feats.shape[1] != self.mean.shape[0]:
                 raise ValueError(f"CMVN statistics have dim {self.mean.shape[0]}, features have {feats.shape[1]}")

@@ -89,10 +89,13 @@ class OnnxRecognizer:
         threads: onnxruntime intra-op threads per graph.
         eos_slack: None = the task's ``cif_eos_slack`` recorded at export (0 or 1).
         tail_threshold: None = the model's ``cif_tail_threshold``.
+        input_level: auto | off | nats: match each file's speech level to the training level
+            (``data/level.py``); input_level_tolerance_db: levels this close are left as recorded.
     """
 
     def __init__(self, model_dir: str, beam: int = 10, threads: int = 1, eos_slack: Optional[int] = None,
-                 tail_threshold: Optional[float] = None):
+                 tail_threshold: Optional[float] = None, input_level: str = "auto",
+                 input_level_tolerance_db: Optional[float] = None):
         self.model_dir = read_model_dir(model_dir)
         cfg = self.model_dir.config
         if beam < 1:
@@ -108,7 +111,7 @@ class OnnxRecognizer:
         self.symbols = self.model_dir.symbols
         self.unit = cfg["units"]["unit"]
         self.downsample = int(cfg["encoder"]["downsample"])
-        self.frontend = Frontend(cfg["frontend"])
+        self.frontend = Frontend(cfg["frontend"], input_level, input_level_tolerance_db)
         self.autoregressive = self.model_dir.autoregressive
         dec = cfg["decoder"]
         self.cache_shape = (int(dec["layers"]), int(dec["heads"]), int(dec["head_dim"]))

@@ -29,6 +29,7 @@ from omegaconf import II
 from fairseq_hkd.compat import cpu_has_native_bf16
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
 from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
+from fairseq_hkd.data.level import match_level, resolve_target
 from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
@@ -76,6 +77,12 @@ class CifAsrConfig(FairseqDataclass):
     )
     cmvn_stats: Optional[str] = field(
         default=None, metadata={"help": "global CMVN stats (default: DATA/cmvn.npz; fairseq-hkd-cmvn writes it)"}
+    )
+    input_level: str = field(
+        default="off",
+        metadata={"help": "match every utterance's speech level before CMVN (data/level.py): off, auto (the "
+                          "level of the global CMVN mean) or a level in nats; decoding matches levels by default "
+                          "(fairseq-hkd-transcribe --input-level auto), training and fairseq-generate only with this"},
     )
     # SpecAugment (training updates only) -------------------------------------------------------
     spec_aug_freq_masks: int = field(default=2, metadata={"help": "SpecAugment: frequency masks"})
@@ -220,6 +227,7 @@ class CifAsrTask(FairseqTask):
         self._silence_bank: Optional[np.ndarray] = None  # built at the first padded batch
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
+        resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
@@ -277,7 +285,7 @@ class CifAsrTask(FairseqTask):
         if shift:
             features = TimeShiftedFeatures(features, cfg.time_shift_max_ms, cfg.seed)
             logger.info(f"{split}: time shift of 0..{cfg.time_shift_max_ms:g} ms per utterance and epoch")
-        cmvn = self._build_cmvn()
+        cmvn = self._build_normaliser()
         teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets], entries)
         self.datasets[split] = CifAsrDataset(
             split, entries, targets, self.tgt_dict, features, cmvn, teacher, shuffle=self.is_training_split(split),
@@ -287,6 +295,15 @@ class CifAsrTask(FairseqTask):
     def _build_cmvn(self):
         """The feature normalisation of --cmvn (global stats: --cmvn-stats, default DATA/cmvn.npz)."""
         return build_cmvn(self.cfg.cmvn, self.cfg.cmvn_stats or os.path.join(self.cfg.data, "cmvn.npz"))
+
+    def _build_normaliser(self):
+        """[T, F] fbank -> the model's input: the level matched per --input-level, then --cmvn."""
+        cmvn = self._build_cmvn()
+        target = resolve_target(self.cfg.input_level, str(self.cfg.cmvn), getattr(cmvn, "mean", None))
+        if target is None:
+            return cmvn
+        logger.info(f"input level: every utterance's speech level matched to {target:.2f} nats before CMVN")
+        return lambda feats: cmvn(match_level(feats, target, tolerance_db=0.0)[0])
 
     def _open_teacher(self, split: str, utt_ids, target_lengths, entries=None):
         """The split's teacher store per --load-teacher (checked against the targets), or None."""
