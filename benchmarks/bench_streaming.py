@@ -64,7 +64,8 @@ def main(argv=None):
     items = items[: args.max_utts] if args.max_utts else items
     rows = []
     if args.baseline:
-        base = Recognizer.from_checkpoint(args.baseline, beam=args.beam, cpu=True)
+        # as recorded, like the streaming decoder (which does not match input levels)
+        base = Recognizer.from_checkpoint(args.baseline, beam=args.beam, cpu=True, input_level="off")
         t0 = time.perf_counter()
         res = base.transcribe(items, batch_size=1)
         wall = time.perf_counter() - t0
