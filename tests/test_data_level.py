@@ -1,6 +1,7 @@
 """Input level matching (fairseq_hkd/data/level.py): the premise checked against kaldi's fbank, the
 rules on hand-computed cases, and the same matching in training, fairseq-generate, the PyTorch
 transcriber and the ONNX runtime's front end."""
+import pickle
 import shutil
 
 import numpy as np
@@ -111,6 +112,8 @@ def test_task_matches_levels_before_cmvn_in_every_split(data):
         quiet = cmvn(match_level(fbank(wav * 0.05), target)[0])
         np.testing.assert_allclose(quiet[loud], want[loud], atol=0.05)
         np.testing.assert_allclose(plain.dataset("valid")[i]["source"], cmvn(fbank(wav)), atol=1e-5)
+    normalise = pickle.loads(pickle.dumps(task.dataset("valid").cmvn))  # data-loader workers can take it
+    np.testing.assert_array_equal(normalise(raw), want)
     with pytest.raises(ValueError, match="input level 'loud'"):
         setup_task(data, "--cmvn", "global", "--input-level", "loud")
 

@@ -86,3 +86,14 @@ def model_level(setting: Union[str, float, None], trained_with: Union[str, float
     if tolerance_db < 0:
         raise ValueError(f"input level tolerance must be >= 0 dB, got {tolerance_db:g}")
     return resolve_target(setting, cmvn_type, cmvn_mean), float(tolerance_db)
+
+
+class LevelMatched:
+    """``normalise(match_level(feats, target))``: the task's input normalisation with ``--input-level``
+    (a class, not a closure, so that data-loader workers can pickle it)."""
+
+    def __init__(self, target: float, normalise):
+        self.target, self.normalise = float(target), normalise
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        return self.normalise(match_level(feats, self.target)[0])

@@ -29,7 +29,7 @@ from omegaconf import II
 from fairseq_hkd.compat import cpu_has_native_bf16
 from fairseq_hkd.data.dataset import AudioFeatures, CifAsrDataset, StoredFeatures, encode_targets
 from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
-from fairseq_hkd.data.level import match_level, resolve_target
+from fairseq_hkd.data.level import LevelMatched, resolve_target
 from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
@@ -303,7 +303,7 @@ class CifAsrTask(FairseqTask):
         if target is None:
             return cmvn
         logger.info(f"input level: every utterance's speech level matched to {target:.2f} nats before CMVN")
-        return lambda feats: cmvn(match_level(feats, target, tolerance_db=0.0)[0])
+        return LevelMatched(target, cmvn)
 
     def _open_teacher(self, split: str, utt_ids, target_lengths, entries=None):
         """The split's teacher store per --load-teacher (checked against the targets), or None."""
