@@ -8,7 +8,8 @@ Usage:
 
 The model directories come from ``fairseq-hkd-export`` (without and with ``--quantize int8``).
 Both sides decode the same utterances in the same batches (``--batch-size``, longest first) from
-the same features (the PyTorch side computes them as ``fairseq-hkd-transcribe`` does). Printed:
+the same features, as recorded (``--input-level off``, as fairseq-generate; the runtime's front end
+is checked against the task's fbank + CMVN). Printed:
 per beam, the utterances whose token sequences differ from PyTorch's (fp32 and int8), WER of
 each, and over all utterances the largest absolute difference of the encoder states, CIF
 weights and CIF embeddings (fp32; compared where both fired the same number of tokens).
@@ -89,7 +90,7 @@ def main(argv=None):
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer
 
     entries = read_manifest(a.manifest)[: a.max_files]
-    fp32 = OnnxRecognizer(a.fp32, beam=1)
+    fp32 = OnnxRecognizer(a.fp32, beam=1, input_level="off")  # as recorded, as fairseq-generate decodes
     feats = [fp32.frontend.read(e.audio)[0] for e in entries]
     t0 = time.perf_counter()
     task, ref_tokens, ref_enc, ref_alpha, ref_emb = torch_side(a.path, feats, a.beams, a.batch_size)
