@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 from fairseq_hkd.data.audio import AudioError
-from fairseq_hkd.generation.cli_options import add_level_arg, add_output_args, add_segmenter_args, level_from_args, segmenter_from_args
+from fairseq_hkd.generation.cli_options import (add_level_arg, add_output_args, add_segmenter_args, level_from_args,
+                                                segmenter_from_args)
 from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs, file_id
 from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
@@ -80,7 +81,7 @@ class Recognizer:
         segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py);
         input_level: ``auto`` (match each file's or segment's speech level to the model's training
         level), ``off``, or a level in nats; input_level_tolerance_db: levels this close to it are
-        left as recorded (None: data/level.py's default for the model)."""
+        left as recorded (None: data/level.py's ``TOLERANCE_DB``, 0)."""
         from fairseq_hkd.data.cmvn import build_cmvn
         from fairseq_hkd.data.level import model_level
         from fairseq_hkd.generation.cif_generator import CifGenerator
