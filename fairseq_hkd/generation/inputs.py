@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Iterable, List, Optional, Sequence, TextIO
 
@@ -123,8 +124,8 @@ def unique_ids(items: Sequence[AudioItem], n_fixed: int = 0) -> List[AudioItem]:
     """``items`` with unique ids, in order. The first ``n_fixed`` (a manifest's) keep theirs; among
     the others, colliding ids become the id with the file's extension (``sub/a.flac``), then the path
     as given; an audio file given twice (or listed in the manifest too) is kept once (logged). Raises
-    :class:`InputError` for two manifest entries with one id, or an id no rename frees (a file
-    named like a manifest id and given by that name)."""
+    :class:`InputError` for an id no rename frees (a file named like a manifest id and given by
+    that name); read_manifest has already refused duplicate manifest ids."""
     log = logging.getLogger(__name__)
     out: List[AudioItem] = []
     seen_audio = set()
@@ -135,16 +136,9 @@ def unique_ids(items: Sequence[AudioItem], n_fixed: int = 0) -> List[AudioItem]:
             continue
         seen_audio.add(key)
         out.append(it)
-    fixed = [it.utt_id for it in out[:n_fixed]]
-    if len(set(fixed)) < len(fixed):
-        dup = next(x for x in fixed if fixed.count(x) > 1)
-        raise InputError(f"the manifest has the id {dup!r} twice; give each line its own id")
 
     def collisions(ids: List[str]) -> set:
-        counts = {}
-        for x in ids:
-            counts[x] = counts.get(x, 0) + 1
-        return {x for x, c in counts.items() if c > 1}
+        return {x for x, c in Counter(ids).items() if c > 1}
 
     ids = [it.utt_id for it in out]
     renames = (lambda it: it.utt_id + os.path.splitext(it.audio)[1],  # sub/a -> sub/a.flac
