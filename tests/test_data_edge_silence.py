@@ -74,3 +74,30 @@ def test_task_pads_training_updates_only_and_refuses_utterance_cmvn(tiny_corpus)
         np.testing.assert_allclose(aug["net_input"]["src_tokens"][b, :a].numpy(), bank[level, :a], atol=1e-5)
         assert torch.equal(aug["net_input"]["src_tokens"][b, a: a + n], src[b, :n])
     assert torch.equal(s["net_input"]["src_tokens"], src)  # the caller's sample is left alone
+
+
+def test_max_tokens_counts_the_edge_silence_a_batch_can_get(tiny_corpus):
+    """--max-tokens bounds the padded frames B x T' of the batch the model gets, after the edge
+    silence: batching counts the most any utterance can get (max start + max end frames)."""
+    task = setup_task(tiny_corpus, "--cmvn", "none", "--spec-aug-prob", "0",
+                      "--edge-silence-max-start-ms", "200", "--edge-silence-max-end-ms", "500",
+                      "--edge-silence-prob", "1")
+    task.load_dataset("train")
+    task.load_dataset("valid")
+    ds, valid = task.dataset("train"), task.dataset("valid")
+    assert ds.batch_extra_frames == 70 and valid.batch_extra_frames == 0  # decoding splits are not padded
+    i = int(np.argmax(ds.src_sizes))
+    assert ds.num_tokens(i) == int(ds.src_sizes[i]) + 70
+    max_tokens = 2 * (int(ds.src_sizes.max()) + 70) + 10  # room for 2 utterances of the longest
+    over_without = 0
+    for update in range(20):
+        for extra in (70, 0):
+            ds.batch_extra_frames = extra
+            for batch in ds.batch_by_size(ds.ordered_indices(), max_tokens=max_tokens):
+                s = ds.collater([ds[int(j)] for j in batch])
+                aug = task.augment(s, update)["net_input"]["src_tokens"]
+                if extra:
+                    assert aug.shape[0] * aug.shape[1] <= max_tokens, (update, batch)
+                else:
+                    over_without += aug.shape[0] * aug.shape[1] > max_tokens
+    assert over_without > 0  # counting the raw frames alone lets batches grow past --max-tokens

@@ -6,6 +6,7 @@
 #   examples/synth/run.sh                                   # data/synth, exp/synth
 #   examples/synth/run.sh --max-update 3000 --exp /tmp/exp --beam 1
 #   examples/synth/run.sh --conf tiny_edge --exp exp/synth-edge    # another recipe from conf/
+#   examples/synth/run.sh --max-tokens 4000                 # smaller batches (padded frames per batch)
 #
 # Updates: --max-update auto (default) trains 2,600 updates per model where bf16 autocast is on
 # (AVX512-BF16 or AMX: ~17 min of training on 2 cores) and 1,300 elsewhere (float32 is 1.5-2x slower).
@@ -26,6 +27,7 @@ seed=1
 beam=5
 bf16=auto   # train.sh --bf16: auto | yes | no
 conf=tiny       # train.sh --conf: conf/$conf.sh, the model and training recipe
+max_tokens=5000 # train.sh --max-tokens: padded 10 ms frames per batch
 acd_weight=0.2  # HKD's ACD weight (train.sh's default; the paper's 1.0 is worse here: README)
 
 . "$REPO/examples/common.sh"
@@ -50,7 +52,7 @@ train_one() {  # train_one MODEL CRITERION: train unless done before; progress l
   if [ -f "$exp/$model/checkpoint_best.pt" ] && grep -q "done training" "$exp/$model/train.log" 2>/dev/null; then
     log "$model: trained before ($exp/$model), skipped"; return 0; fi
   OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$exp/$model" --criterion "$criterion" \
-    --acd-weight "$acd_weight" --conf "$conf" --seed "$seed" --max-update "$max_update" --train-minutes "$train_minutes" --bf16 "$bf16" \
+    --acd-weight "$acd_weight" --conf "$conf" --seed "$seed" --max-update "$max_update" --max-tokens "$max_tokens" --train-minutes "$train_minutes" --bf16 "$bf16" \
     | { grep --line-buffered -E "\| (train|heldout) \||train_inner|done training" | sed -u "s/^/[$model] /" || true; }
   grep -q "done training" "$exp/$model/train.log" || { echo "$0: training $model failed: $exp/$model/train.log" >&2; return 1; }
 }

@@ -105,6 +105,10 @@ class CifAsrDataset(FairseqDataset):
     Item i: ``{"id": i, "source": FloatTensor [T, 80] (normalised, never augmented: SpecAugment is applied
     to training batches by the task), "target": LongTensor [S] (ends with </s>),
     "teacher": FloatTensor [S, D] | None}``.
+
+    ``batch_extra_frames``: frames the task may add to every utterance of a batch after collating
+    (edge silence); batching by ``--max-tokens`` counts them, so that a batch still holds at most
+    max_tokens padded frames when it reaches the model.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class CifAsrDataset(FairseqDataset):
         self.epoch = 1
         self.src_sizes = np.array([features.frames(e) for e in self.entries], dtype=np.int64)
         self.tgt_sizes = np.array([len(t) for t in self.targets], dtype=np.int64)
+        self.batch_extra_frames = 0
 
     # sizes --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -140,10 +145,11 @@ class CifAsrDataset(FairseqDataset):
         return self.src_sizes
 
     def num_tokens(self, index: int) -> int:
-        return int(self.src_sizes[index])
+        """Frames the utterance takes in a batch (with ``batch_extra_frames``)."""
+        return int(self.src_sizes[index]) + self.batch_extra_frames
 
     def num_tokens_vec(self, indices: np.ndarray) -> np.ndarray:
-        return self.src_sizes[indices]
+        return self.src_sizes[indices] + self.batch_extra_frames
 
     def size(self, index: int):
         return int(self.src_sizes[index]), int(self.tgt_sizes[index])

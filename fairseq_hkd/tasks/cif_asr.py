@@ -287,9 +287,13 @@ class CifAsrTask(FairseqTask):
             logger.info(f"{split}: time shift of 0..{cfg.time_shift_max_ms:g} ms per utterance and epoch")
         cmvn = self._build_normaliser()
         teacher = self._open_teacher(split, [e.id for e in entries], [len(t) for t in targets], entries)
-        self.datasets[split] = CifAsrDataset(
+        dataset = CifAsrDataset(
             split, entries, targets, self.tgt_dict, features, cmvn, teacher, shuffle=self.is_training_split(split),
         )
+        if self.edge_silence is not None and self.is_training_split(split):
+            # --max-tokens bounds the batch the model gets: with the most edge silence any utterance can get
+            dataset.batch_extra_frames = self.edge_silence.max_start + self.edge_silence.max_end
+        self.datasets[split] = dataset
         logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
 
     def _build_cmvn(self):
