@@ -9,6 +9,8 @@
 #   examples/synth/ablation.sh --max-update 2600 --max-tokens 2500 --exp exp/abl2600 --results examples/synth/results/abl2600
 #   examples/synth/ablation.sh --main-seeds "1 2" --part-seeds "1" --parallel 1
 #   examples/synth/ablation.sh --part-seeds ""          # CIF and HKD only
+#   examples/synth/ablation.sh --only "hkd" --acd-weight 0.05 --results R2  # one system (a variant);
+#       copy the CIF summaries into R2 first for the table's comparisons
 #
 # Runs prepare.sh if needed, then train.sh + decode.sh per (system, seed) into EXP/SYSTEM-sSEED.
 # A run whose summary is already in RESULTS, or whose EXP/SYSTEM-sSEED has been decoded, is not run
@@ -36,6 +38,7 @@ conf=tiny
 beam=5
 parallel=2        # runs side by side
 curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
+only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
 acd_weight=0.2    # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
 
@@ -46,6 +49,8 @@ parse_options "$@"  # --some-name VALUE sets some_name
 mkdir -p "$results"
 commit=$(git -C "$REPO" rev-parse --short HEAD)
 
+for sys in $only; do case $sys in cif|hkd|acd|lrd) ;; *) echo "$0: --only: unknown system $sys (cif hkd acd lrd)" >&2; exit 2 ;; esac; done
+has_results() { local seed; for seed in $(seeds_of $1); do [ -f "$results/$1-s$seed.txt" ] || return 1; done; }
 # system: criterion acd_weight lrd_weight
 declare -A systems=([cif]="cif 0 0" [acd]="cif_hkd $acd_weight 0" [lrd]="cif_hkd 0 $lrd_weight"
                     [hkd]="cif_hkd $acd_weight $lrd_weight")
@@ -55,6 +60,7 @@ seeds_of() { case $1 in cif|hkd) echo "$main_seeds" ;; *) echo "$part_seeds" ;; 
 jobs_list=()
 for seed in $(echo $main_seeds $part_seeds | tr ' ' '\n' | sort -un); do
   for sys in cif hkd acd lrd; do
+    [[ " $only " == *" $sys "* ]] || continue
     [[ " $(seeds_of $sys) " == *" $seed "* ]] && jobs_list+=("$sys:$seed")
   done
 done
@@ -120,7 +126,7 @@ field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
   echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | heldout fire-count acc. % | seeds |"
   echo "|---|---|---|---|---|---|"
   for sys in cif acd lrd hkd; do
-    [ -n "$(seeds_of $sys)" ] || continue  # --part-seeds "": CIF and HKD only
+    [ -n "$(seeds_of $sys)" ] && has_results $sys || continue  # --part-seeds "": CIF and HKD only; --only
     read -r criterion acd lrd <<< "${systems[$sys]}"
     tst=() held=() fire=()
     for seed in $(seeds_of $sys); do
@@ -134,7 +140,7 @@ field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
   echo "Paired comparisons with CIF on test (seeds paired by number; bootstrap over the test utterances):"
   echo
   for sys in acd lrd hkd; do
-    [ -n "$(seeds_of $sys)" ] || continue
+    [ -n "$(seeds_of $sys)" ] && has_results $sys && has_results cif || continue
     base=() syst=()
     for seed in $(seeds_of $sys); do
       base+=("$results/cif-s$seed.generate-test.txt"); syst+=("$results/$sys-s$seed.generate-test.txt"); done
