@@ -7,7 +7,7 @@
 # Usage:
 #   examples/synth/ablation.sh                         # CIF, HKD seeds 1 2 3; ACD, LRD seeds 1 2
 #   examples/synth/ablation.sh --max-update 2600 --max-tokens 2500 --exp exp/abl2600 --results examples/synth/results/abl2600
-#   examples/synth/ablation.sh --main-seeds "1 2" --part-seeds "1" --parallel 1
+#   examples/synth/ablation.sh --main-seeds "1 2" --part-seeds "1" --parallel 1 --threads 1  # beside another job
 #   examples/synth/ablation.sh --part-seeds ""          # CIF and HKD only
 #   examples/synth/ablation.sh --only "hkd" --acd-weight 0.05 --results R2  # one system (a variant);
 #       copy the CIF summaries into R2 first for the table's comparisons
@@ -37,6 +37,7 @@ max_tokens=5000
 conf=tiny
 beam=5
 parallel=2        # runs side by side
+threads=auto      # threads per run (auto: nproc / parallel)
 curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
 only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
 acd_weight=0.2    # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
@@ -69,7 +70,7 @@ done
 
 # Runs go side by side, `--parallel` at a time, each on nproc / parallel threads (two 1-thread runs
 # make more updates per second in total than one 2-thread run on 2 cores).
-threads=$(( $(nproc 2>/dev/null || echo 2) / parallel )); [ "$threads" -ge 1 ] || threads=1
+[ "$threads" != auto ] || threads=$(( $(nproc 2>/dev/null || echo 2) / parallel )); [ "$threads" -ge 1 ] || threads=1
 run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless done before; summary to RESULTS
   local sys=$1 seed=$2 dir=$exp/$1-s$2 criterion acd lrd epochs=no
   read -r criterion acd lrd <<< "${systems[$sys]}"
