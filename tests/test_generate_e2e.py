@@ -136,7 +136,7 @@ def greedy_reference(model, tgt_dict, src, src_len):
 def test_beam1_equals_greedy_loop(trained_cif, tmp_path, subset):
     from fairseq import checkpoint_utils
 
-    _, parsed = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1")
+    _, parsed = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1", "--cif-count-search", "-1")
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(trained_cif.ckpt)])
     model = models[0].eval()
     task.load_dataset(subset)
@@ -148,6 +148,27 @@ def test_beam1_equals_greedy_loop(trained_cif, tmp_path, subset):
             tokens, score = greedy_reference(model, d, s["net_input"]["src_tokens"], s["net_input"]["src_lengths"])
             assert parsed[i]["H"] == d.string(torch.tensor(tokens), extra_symbols_to_ignore={d.eos()})
             assert parsed[i]["score"] * math.log(2) == pytest.approx(score, abs=1e-3)
+
+
+@pytest.mark.parametrize("options,radius,ctc_weight", [((), 1, 0.7), (("--cif-count-search", "2", "--cif-ctc-weight", "0.3"), 2, 0.3)])
+def test_default_decoding_chooses_the_count(trained_cif, tmp_path, options, radius, ctc_weight):
+    """fairseq-generate's default (--cif-count-search 1 --cif-ctc-weight 0.7) and other settings
+    equal a one-utterance loop over the candidate counts (tests/test_count_search.py)."""
+    from fairseq import checkpoint_utils
+
+    from test_count_search import count_search_reference
+
+    _, parsed = fairseq_generate(trained_cif, tmp_path, "valid", "--beam", "1", *options)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(trained_cif.ckpt)])
+    model = models[0].eval()
+    task.load_dataset("valid")
+    ds, d = task.dataset("valid"), task.target_dictionary
+    with torch.no_grad():
+        for i in range(len(ds)):
+            s = ds.collater([ds[i]])
+            tokens, _ = count_search_reference(model, d, s["net_input"]["src_tokens"], s["net_input"]["src_lengths"],
+                                               radius, ctc_weight)
+            assert parsed[i]["H"] == d.string(torch.tensor(tokens), extra_symbols_to_ignore={d.eos()})
 
 
 @pytest.mark.parametrize("char_level", [False, True])
@@ -169,8 +190,10 @@ def test_reported_wer_equals_editdistance(trained_cif, tmp_path, char_level):
 
 def test_beam_never_scores_below_greedy(trained_cif, tmp_path):
     for subset in ("test", "valid"):
-        _, greedy = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1")
-        _, beam = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "10", "--nbest", "3")
+        # on the raw weights' count (with --cif-count-search, beam and greedy may choose other counts)
+        raw = ("--cif-count-search", "-1")
+        _, greedy = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "1", *raw)
+        _, beam = fairseq_generate(trained_cif, tmp_path, subset, "--beam", "10", "--nbest", "3", *raw)
         assert greedy.keys() == beam.keys()
         for i in greedy:
             # Scores are per-token mean log-probs computed in float32. Beam (10 rows) and greedy (1 row)

@@ -390,7 +390,8 @@ def test_fairseq_generate_passes_the_lm(lm_setup, tmp_path):
     task.load_dataset("test")
     ds = task.dataset("test")
     lm = load_lm(str(lms["good"]), str(data / "dict.txt"), task.target_dictionary)
-    gen = CifGenerator(models, task.target_dictionary, beam_size=3, lm_model=lm, lm_weight=2.0)
+    gen = CifGenerator(models, task.target_dictionary, beam_size=3, lm_model=lm, lm_weight=2.0,
+                       count_search=task.cfg.cif_count_search, ctc_weight=task.cfg.cif_ctc_weight)
     d = task.target_dictionary
     for i in range(len(ds)):
         (utt,) = gen.generate(models, ds.collater([ds[i]]))

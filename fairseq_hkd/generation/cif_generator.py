@@ -28,6 +28,20 @@ predicts ``</s>``. At inference:
 
 ``eos_slack`` comes from the task option ``--cif-eos-slack`` (default 0).
 
+How the count is chosen (``count_search``, task option ``--cif-count-search``, default 1)
+----------------------------------------------------------------------------------------
+Training always scales the weights to sum to the target length S_b, so each token integrates
+exactly one unit of weight; raw inference weights do not (a tail token may integrate 0.6, and
+up to 0.5 of weight is dropped). With ``count_search`` = R >= 0 the predicted count ``L_b``
+(fires + tail rule) only proposes counts: for every n in ``L_b - R .. L_b + R`` (at least 1) the
+weights are scaled to sum to n, as in training, and searched; the candidate with the best
+``ctc_weight * log p_CTC(y | x) + (1 - ctc_weight) * score`` wins, where ``y`` is its best
+hypothesis without ``</s>`` and ``log p_CTC`` the CTC head's sequence log-likelihood (all
+alignments, blank = ``<s>``; the decoder's summed log-prob favours short hypotheses, CTC's does
+not). R = 0: the weights scaled to ``L_b``, no search; R = -1: the raw weights (the decoding before
+2026-12-03). ``ctc_weight`` (task option ``--cif-ctc-weight``, default 0.7; 0 for a model trained
+without the CTC loss) was chosen on heldout (README, "Choosing the count").
+
 Language-model shallow fusion (``--lm-path LM.pt --lm-weight W``): every chosen token also scores
 ``W * log p_LM(token | prefix)``, ``</s>`` included, and an appended ``</s>`` pays
 ``W * log p_LM(</s> | hypothesis)``; the rule, the loading and the dictionary check are in
@@ -97,13 +111,15 @@ class CifDecodeOutput:
 
 
 def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] = None,
-                        eos_slack: int = 0, lm_model=None, dict_path: Optional[str] = None) -> "CifGenerator":
+                        eos_slack: int = 0, lm_model=None, dict_path: Optional[str] = None,
+                        count_search: int = -1, ctc_weight: float = 0.0) -> "CifGenerator":
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
     ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam``, ``nbest``,
     ``print_alignment``, ``lm_path`` and ``lm_weight``. ``tail_threshold``: None = the model's
     ``cif_tail_threshold`` (fairseq-generate changes it with ``--model-overrides``); ``eos_slack``
-    comes from the task option ``--cif-eos-slack``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
+    comes from the task option ``--cif-eos-slack``, ``count_search`` and ``ctc_weight`` from
+    ``--cif-count-search`` and ``--cif-ctc-weight``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
     ``extra_gen_cls_kwargs["lm_model"]``); None with ``lm_path`` set: loaded here
     (``lm_fusion.load_lm``). ``dict_path``: the ASR dict.txt (named in dictionary errors).
     """
@@ -132,7 +148,8 @@ def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] 
     elif lm_weight != 0.0:
         logger.warning("--lm-weight %g without --lm-path: no language model is used", lm_weight)
     return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard",
-                        tail_threshold=tail_threshold, eos_slack=eos_slack, lm_model=lm_model, lm_weight=lm_weight)
+                        tail_threshold=tail_threshold, eos_slack=eos_slack, lm_model=lm_model, lm_weight=lm_weight,
+                        count_search=count_search, ctc_weight=ctc_weight)
 
 
 class CifGenerator:
@@ -149,12 +166,15 @@ class CifGenerator:
         eos_slack: int = 0,
         lm_model=None,
         lm_weight: float = 0.0,
+        count_search: int = -1,
+        ctc_weight: float = 0.0,
     ):
         """models: a one-model list; tail_threshold: None = the model's configured value;
         hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs; eos_slack:
         ``</s>`` may end a hypothesis at the last step or up to this many steps before it (0 or 1);
         lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py;
-        weight 0 or no model: none)."""
+        weight 0 or no model: none); count_search, ctc_weight: how the CIF count is chosen (module
+        docstring; -1: the raw weights' count, the API's default)."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
@@ -167,6 +187,12 @@ class CifGenerator:
             raise ValueError(f"--cif-eos-slack must be 0 or 1, got {eos_slack}")
         if nbest > beam_size:
             raise ValueError(f"--nbest {nbest} cannot exceed --beam {beam_size}")
+        if count_search < -1:
+            raise ValueError(f"--cif-count-search must be >= -1, got {count_search}")
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"--cif-ctc-weight must be in [0, 1], got {ctc_weight}")
+        self.count_search = int(count_search)
+        self.ctc_weight = float(ctc_weight)
         self.model = models[0]
         self.tgt_dict = tgt_dict
         self.beam_size = beam_size
@@ -222,15 +248,67 @@ class CifGenerator:
         model.eval()
         encoder_out = model.forward_encoder(src_tokens, src_lengths)
         alpha, cif_out = model.forward_cif(encoder_out, tail_threshold=self.tail_threshold)
-        embeddings, lengths = cif_out.embeddings, cif_out.lengths
-        if self.autoregressive:
-            result = self.beam_search(embeddings, lengths)
+        if self.count_search < 0:
+            result, fire_mask, lengths = self.search(cif_out.embeddings, cif_out.lengths), cif_out.fire_mask, cif_out.lengths
         else:
-            result = self.nar_argmax(embeddings, lengths)
+            result, fire_mask, lengths = self.count_search_decode(encoder_out, cif_out.lengths)
         enc_lengths = encoder_out["encoder_lengths"]
-        fires = fire_frames(cif_out.fire_mask, lengths, enc_lengths)
+        fires = fire_frames(fire_mask, lengths, enc_lengths)
         hypos = self.to_hypos(result, fires)
-        return CifDecodeOutput(hypos, alpha, cif_out.fire_mask, enc_lengths, lengths)
+        return CifDecodeOutput(hypos, alpha, fire_mask, enc_lengths, lengths)
+
+    def search(self, embeddings: Tensor, lengths: Tensor) -> CifSearchResult:
+        """Beam search (autoregressive decoder) or argmax (NAR) over CIF outputs [B, N, C], lengths [B]."""
+        return self.beam_search(embeddings, lengths) if self.autoregressive else self.nar_argmax(embeddings, lengths)
+
+    def count_search_decode(self, encoder_out: Dict[str, Tensor], predicted: Tensor):
+        """Search every candidate count ``predicted + d``, ``|d| <= count_search`` (module docstring).
+
+        encoder_out: the model's encoder dict (B utterances); predicted [B] long, the CIF count of the
+        raw weights (0 stays 0: nothing to transcribe; no candidate exceeds the encoder frames). -> (CifSearchResult of the chosen candidates,
+        fire_mask [B, T'] and lengths [B] of their scaled weights).
+        """
+        model, R, bsz = self.model, self.count_search, predicted.numel()
+        deltas = torch.arange(-R, R + 1, device=predicted.device)  # [M]
+        m = deltas.numel()
+        frames = encoder_out["encoder_lengths"].to(predicted)  # a frame holds at most one unit of weight
+        counts = torch.minimum((predicted[None, :] + deltas[:, None]).clamp(min=1), frames[None, :])  # [M, B]
+        counts = torch.where(predicted[None, :] > 0, counts, torch.zeros_like(counts)).reshape(-1)  # [M * B]
+        repeated = {k: torch.cat([v] * m, dim=0) for k, v in encoder_out.items() if torch.is_tensor(v)}
+        _, cif = model.forward_cif(repeated, target_lengths=counts)
+        result = self.search(cif.embeddings, cif.lengths)  # rows [M * B]
+        if m == 1:
+            return result, cif.fire_mask, cif.lengths
+        joint = result.scores[:, 0].float()  # [M * B] the best hypothesis of each candidate
+        if self.ctc_weight > 0:
+            ctc = self.ctc_scores(encoder_out, result.tokens[:, 0], result.lengths[:, 0], m)
+            joint = self.ctc_weight * ctc + (1.0 - self.ctc_weight) * joint
+        joint = joint.view(m, bsz)
+        # Candidates with no finite score (CTC cannot emit them) lose; if none is finite, keep L_b.
+        joint = torch.where(torch.isfinite(joint), joint, torch.full_like(joint, float("-inf")))
+        best = joint.argmax(dim=0)
+        best = torch.where(torch.isfinite(joint).any(dim=0), best, torch.full_like(best, R))
+        rows = best * bsz + torch.arange(bsz, device=best.device)  # [B]
+        chosen = CifSearchResult(result.tokens[rows], result.lengths[rows], result.scores[rows],
+                                 result.positional_scores[rows])
+        return chosen, cif.fire_mask[rows], cif.lengths[rows]
+
+    def ctc_scores(self, encoder_out: Dict[str, Tensor], tokens: Tensor, lengths: Tensor, m: int) -> Tensor:
+        """CTC sequence log-likelihood of each hypothesis (its tokens before ``</s>``).
+
+        encoder_out: B utterances; tokens [M * B, W] and lengths [M * B] (incl. ``</s>``; 0 = none)
+        for the M candidates of every utterance (row c * B + b). -> [M * B] float32, -inf where the
+        hypothesis cannot be emitted in the utterance's frames.
+        """
+        lprobs = F.log_softmax(self.model.forward_ctc(encoder_out).float(), dim=-1)  # [B, T', V]
+        frames = encoder_out["encoder_lengths"]
+        n = (lengths - 1).clamp(min=0)  # tokens before </s>
+        width = max(int(n.max().item()), 1) if n.numel() else 1
+        targets = tokens[:, :width].clone()
+        targets[torch.arange(width, device=tokens.device)[None, :] >= n[:, None]] = self.pad
+        loss = F.ctc_loss(torch.cat([lprobs] * m, dim=0).transpose(0, 1), targets, frames.repeat(m), n,
+                          blank=self.bos, reduction="none", zero_infinity=False)
+        return torch.where(torch.isfinite(loss), -loss, torch.full_like(loss, float("-inf")))
 
     def _lprobs(self, logits: Tensor) -> Tensor:
         """logits [R, V] -> log-probs in float32 with <s> and <pad> forbidden."""

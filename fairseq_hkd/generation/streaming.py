@@ -19,7 +19,9 @@ Pipeline per piece (state carried across pieces in every stage, nothing recomput
             -> cif_stream_step (float64 running sum + partial state: the whole-utterance fires)
             -> StreamingSearch (decoder steps as tokens fire; </s> and the tail rule at finish)
 
-With a chunk longer than the utterance the result is the offline decoding's, token for token. A
+With a chunk longer than the utterance the result is the offline decoding's of the raw weights'
+count (``count_search=-1``: a stream fixes each token as it fires, so it cannot try other counts
+the way offline decoding does by default), token for token. A
 model trained with chunks (``--encoder-chunk-size`` or ``--dynamic-chunk-training``, with
 ``--encoder-causal-conv``) gives at every chunk size what its masked offline forward pass gives; a
 full-context model can stream too, approximately (it never saw a cut-off right context).

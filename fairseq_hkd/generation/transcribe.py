@@ -76,12 +76,15 @@ class Recognizer:
 
     def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
                  lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None, input_level: str = "auto",
-                 input_level_tolerance_db: Optional[float] = None):
+                 input_level_tolerance_db: Optional[float] = None, count_search: Optional[int] = None,
+                 ctc_weight: Optional[float] = None):
         """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py);
         segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py);
         input_level: ``auto`` (match each file's or segment's speech level to the model's training
         level), ``off``, or a level in nats; input_level_tolerance_db: levels this close to it are
-        left as recorded (None: data/level.py's ``TOLERANCE_DB``, 0)."""
+        left as recorded (None: data/level.py's ``TOLERANCE_DB``, 0); count_search, ctc_weight: how
+        the CIF count is chosen (generation/cif_generator.py; None: the task's ``cif_count_search``
+        and ``cif_ctc_weight``, as fairseq-generate)."""
         from fairseq_hkd.data.cmvn import build_cmvn
         from fairseq_hkd.data.level import model_level
         from fairseq_hkd.generation.cif_generator import CifGenerator
@@ -91,9 +94,11 @@ class Recognizer:
         self.task = task
         self.tgt_dict = task.target_dictionary
         lm_model = lm_model.to(self.device).eval() if lm_model is not None else None
-        self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1, lm_model=lm_model,
-                                      lm_weight=lm_weight)
         cfg = task.cfg
+        count_search = getattr(cfg, "cif_count_search", 1) if count_search is None else count_search
+        ctc_weight = getattr(cfg, "cif_ctc_weight", 0.7) if ctc_weight is None else ctc_weight
+        self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1, lm_model=lm_model,
+                                      lm_weight=lm_weight, count_search=count_search, ctc_weight=ctc_weight)
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
         self.level_target, self.level_tolerance_db = model_level(
             input_level, getattr(cfg, "input_level", "off"), str(cfg.cmvn), getattr(self.cmvn, "mean", None),
@@ -106,12 +111,14 @@ class Recognizer:
     def from_checkpoint(cls, path: str, data: Optional[str] = None, beam: int = 10, cpu: bool = False,
                         model_overrides: Optional[dict] = None, lm_path: Optional[str] = None,
                         lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None,
-                        input_level: str = "auto", input_level_tolerance_db: Optional[float] = None) -> "Recognizer":
+                        input_level: str = "auto", input_level_tolerance_db: Optional[float] = None,
+                        count_search: Optional[int] = None, ctc_weight: Optional[float] = None) -> "Recognizer":
         """Load ``path`` with fairseq's checkpoint_utils. ``data``: the data directory with dict.txt
         (default: the one the checkpoint was trained on); ``model_overrides``: e.g.
         ``{"cif_tail_threshold": 0.4}``; ``lm_path``, ``lm_weight``: shallow fusion as
         ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``);
-        ``segmenter``: see :class:`SegmenterConfig`; ``input_level``: see ``__init__``."""
+        ``segmenter``: see :class:`SegmenterConfig`; ``input_level``, ``count_search``,
+        ``ctc_weight``: see ``__init__``."""
         from fairseq import checkpoint_utils
 
         import fairseq_hkd  # noqa: F401  (registers the task and model; compat shims for torch.load)
@@ -143,7 +150,8 @@ class Recognizer:
             if lm_weight == 0.0:
                 logger.warning(f"--lm-path {lm_path} with --lm-weight 0: the language model is not used")
         return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight,
-                   segmenter=segmenter, input_level=input_level, input_level_tolerance_db=input_level_tolerance_db)
+                   segmenter=segmenter, input_level=input_level, input_level_tolerance_db=input_level_tolerance_db,
+                   count_search=count_search, ctc_weight=ctc_weight)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
@@ -317,6 +325,12 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
                                      "ASR units, examples/*/lm.sh)")
     p.add_argument("--lm-weight", type=float, default=0.0,
                    help="weight W of the LM log-probabilities, as fairseq-generate's (0: no LM)")
+    p.add_argument("--count-search", type=int, default=None, metavar="R",
+                   help="try CIF counts L-R..L+R, weights scaled to each, and keep the best by --ctc-weight "
+                        "(default: the checkpoint's --cif-count-search, 1; -1: the raw weights)")
+    p.add_argument("--ctc-weight", type=float, default=None, metavar="W",
+                   help="count candidates score W * CTC + (1 - W) * decoder log-likelihood (default: the "
+                        "checkpoint's --cif-ctc-weight, 0.7)")
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
     add_output_args(p)
     p.add_argument("--plot", metavar="DIR", required=require_plot,
@@ -379,7 +393,8 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
     rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam, cpu=args.cpu,
                                      model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight,
                                      segmenter=segmenter, input_level=args.input_level,
-                                     input_level_tolerance_db=args.input_level_tolerance)
+                                     input_level_tolerance_db=args.input_level_tolerance,
+                                     count_search=args.count_search, ctc_weight=args.ctc_weight)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     writer = OutputWriter(args.format, args.output_dir, out, timestamps=args.timestamps)
     stats = Progress(items, enabled=not args.quiet)

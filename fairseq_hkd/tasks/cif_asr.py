@@ -133,6 +133,17 @@ class CifAsrConfig(FairseqDataclass):
                           "before it (1, absorbs a spurious tail fire). The CIF tail threshold is the model's: "
                           "--model-overrides \"{'cif_tail_threshold': 0.4}\""},
     )
+    cif_count_search: int = field(
+        default=1,
+        metadata={"help": "decoding: the CIF count proposes counts L-R..L+R, each decoded with the weights scaled "
+                          "to it (as in training); the best by --cif-ctc-weight wins. 0: scaled to L only; -1: the "
+                          "raw weights (decoding before 2026-12-03)"},
+    )
+    cif_ctc_weight: float = field(
+        default=0.7,
+        metadata={"help": "decoding with --cif-count-search >= 1: a candidate count scores W * CTC log-likelihood "
+                          "+ (1 - W) * decoder log-prob of its best hypothesis (0 for a model trained without CTC)"},
+    )
     # speed ---------------------------------------------------------------------------------------
     autocast_bf16: AUTO_YES_NO = field(
         default="no",
@@ -459,7 +470,8 @@ class CifAsrTask(FairseqTask):
 
         lm_model = (extra_gen_cls_kwargs or {}).get("lm_model")  # fairseq-generate loaded --lm-path
         return build_cif_generator(models, args, self.tgt_dict, eos_slack=self.cfg.cif_eos_slack,
-                                   lm_model=lm_model, dict_path=self.units.dict_path)
+                                   lm_model=lm_model, dict_path=self.units.dict_path,
+                                   count_search=self.cfg.cif_count_search, ctc_weight=self.cfg.cif_ctc_weight)
 
     def build_bpe(self, args):
         """The units decoder, so fairseq-generate prints (and scores) words, whatever --bpe says."""
