@@ -11,6 +11,8 @@
 #   examples/synth/ablation.sh --part-seeds ""          # CIF and HKD only
 #   examples/synth/ablation.sh --only "hkd" --acd-weight 0.05 --results R2  # one system (a variant);
 #       copy the CIF summaries into R2 first for the table's comparisons
+#   examples/synth/ablation.sh --exp exp/abl4000 --results R3 --redecode yes  # decode the trained runs
+#       again (after a decoding change) into a new RESULTS
 #
 # Runs prepare.sh if needed, then train.sh + decode.sh per (system, seed) into EXP/SYSTEM-sSEED.
 # A run whose summary is already in RESULTS, or whose EXP/SYSTEM-sSEED has been decoded, is not run
@@ -40,6 +42,7 @@ beam=5
 parallel=2        # runs side by side
 threads=auto      # threads per run (auto: nproc / parallel)
 curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
+redecode=no       # yes: runs trained before are decoded again (their summaries in RESULTS are still kept)
 only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
 acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
@@ -77,6 +80,9 @@ run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless 
   read -r criterion acd lrd <<< "${systems[$sys]}"
   if [ -f "$results/$sys-s$seed.txt" ] && [ -f "$results/$sys-s$seed.generate-test.txt" ]; then
     log "$sys seed $seed: result kept in $results, skipped"; return 0
+  elif [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ] && [ "$redecode" = yes ]; then
+    log "$sys seed $seed: trained before, decoding again ($threads thread(s))"
+    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam" > /dev/null
   elif [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ]; then
     log "$sys seed $seed: done before, skipped"
   else
@@ -88,7 +94,8 @@ run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless 
     grep -q "done training" "$dir/train.log" || { echo "$0: training $sys seed $seed failed: $dir/train.log" >&2; return 1; }
     OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
   fi
-  "$HERE/summarize.sh" --exp "$dir" --commit "$commit" --out "$results/$sys-s$seed.txt" > /dev/null
+  local at=$commit; [ "$redecode" != yes ] || at="$commit (decoded again; trained before, command below)"
+  "$HERE/summarize.sh" --exp "$dir" --commit "$at" --out "$results/$sys-s$seed.txt" > /dev/null
   grep -E "^(T|D)-|WER: " "$dir/decode-test/generate-test.txt" > "$results/$sys-s$seed.generate-test.txt"
 }
 failed=0

@@ -40,6 +40,9 @@ summary() {
   [ -n "$bf16" ] || bf16=$(grep -m 1 -qE "'autocast_bf16': no" "$log" && echo "off (--autocast-bf16 no)" || echo "off (option absent)")
   echo "bf16 autocast: $bf16"
   [ -f "$exp/command.txt" ] && echo "command: $(sed "s|$REPO/||g" "$exp/command.txt")"
+  # decoding settings of the test decode (fairseq-generate's config line; the count search is absent
+  # from logs before 2026-12-03, which decoded the raw weights' count)
+  [ -f "$exp/decode-test.log" ] && echo "decoding: $(grep -m 1 -E "fairseq_cli.generate( \| |:)\{" "$exp/decode-test.log" | grep -oE "'(beam|cif_count_search|cif_ctc_weight|cif_eos_slack)': [^,}]*" | awk '!seen[$0]++' | tr '\n' ' ')"
   echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
 }
 if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; summary | tee "$out"; else summary; fi
