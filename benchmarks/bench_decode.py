@@ -17,6 +17,8 @@ Printed per model and beam: real-time factor (decode time / audio time) of the w
 (encoder + CIF + search), the share of it spent in the search, decoder steps (= CIF fires) per
 utterance, and the speed-up of batched decoding over decoding the same utterances one by one.
 Timings are medians over ``--repeats`` runs, batched and one-by-one interleaved.
+``--count-search -1,1`` also times the count search (three candidate counts, CTC scoring) and
+prints its RTF relative to the raw count's in the same run.
 """
 import argparse
 import math
@@ -86,8 +88,8 @@ def bench(arch, args):
             return model.forward_cif(model.forward_encoder(src, lengths))
 
         _, cif = encode()  # warm-up
-        for beam in args.beams:
-            gen = CifGenerator([model], d, beam_size=beam)
+        for beam, radius in [(b, r) for b in args.beams for r in args.count_search]:
+            gen = CifGenerator([model], d, beam_size=beam, count_search=radius, ctc_weight=0.7)
             gen.decode(src[:1], lengths[:1])  # warm-up
             batched, one, enc = [], [], []
             for _ in range(args.repeats):  # interleaved
@@ -99,7 +101,7 @@ def bench(arch, args):
                                       for b in range(args.batch)], 1)
                 one.append(t)
             t_b, t_1, t_e = statistics.median(batched), statistics.median(one), statistics.median(enc)
-            rows.append((arch, beam, t_b / audio_s, max(t_b - t_e, 0.0) / t_b,
+            rows.append((arch, beam, radius, t_b / audio_s, max(t_b - t_e, 0.0) / t_b,
                          float(cif.lengths.float().mean()), t_1 / t_b))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     return rows, n_params, audio_s
@@ -116,18 +118,27 @@ def main():
     p.add_argument("--vocab", type=int, help="vocabulary size (default per model: 32 / 4234)")
     p.add_argument("--token-rate", type=float, help="CIF fires per second (default per model: 12 / 3.2)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--count-search", default="-1",
+                   help="comma-separated --cif-count-search radii to time (-1: the raw count; 1: the default "
+                        "L-1..L+1 with CTC weight 0.7)")
     args = p.parse_args()
     args.beams = [int(b) for b in args.beams.split(",")]
+    args.count_search = [int(r) for r in args.count_search.split(",")]
     torch.set_num_threads(args.threads)
     print(f"device {args.device}, {args.threads} thread(s), batch {args.batch}, utterances "
           f"{0.7 * args.seconds:.1f}-{args.seconds:.1f} s, median of {args.repeats}")
-    print(f"{'model':<22}{'params':>8}{'beam':>6}{'RTF':>9}{'search':>9}{'steps/utt':>11}{'batch x':>9}")
+    print(f"{'model':<22}{'params':>8}{'beam':>6}{'count R':>8}{'RTF':>9}{'x R=-1':>8}{'search':>9}{'steps/utt':>11}"
+          f"{'batch x':>9}")
     for arch in args.archs.split(","):
         rows, n_params, _ = bench(arch, args)
-        for arch_, beam, rtf, search, steps, speedup in rows:
-            print(f"{arch_:<22}{n_params:>7.1f}M{beam:>6}{rtf:>9.4f}{100 * search:>8.0f}%{steps:>11.1f}{speedup:>8.1f}x")
+        raw = {beam: rtf for _, beam, radius, rtf, *_ in rows if radius == -1}
+        for arch_, beam, radius, rtf, search, steps, speedup in rows:
+            ratio = f"{rtf / raw[beam]:>7.2f}x" if beam in raw else f"{'-':>8}"
+            print(f"{arch_:<22}{n_params:>7.1f}M{beam:>6}{radius:>8}{rtf:>9.4f}{ratio}{100 * search:>8.0f}%{steps:>11.1f}"
+                  f"{speedup:>8.1f}x")
     print("RTF: decode seconds per audio second (lower is faster); search: share of the decode after the "
-          "encoder and CIF; batch x: one-by-one time / batched time for the same utterances")
+          "encoder and CIF; x R=-1: RTF against the raw count's (same beam, same run); batch x: one-by-one time / "
+          "batched time for the same utterances")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def wer(refs, hyps) -> float:
     return 100.0 * err / max(sum(len(r.split()) for r in refs), 1)
 
 
-def torch_side(path, feats, beams, batch_size):
+def torch_side(path, feats, beams, batch_size, count_search=-1, ctc_weight=0.7):
     """-> ({beam: [token lists]}, [encoder_out], [alpha], [cif embeddings]) in input order."""
     from fairseq import checkpoint_utils
 
@@ -56,7 +56,8 @@ def torch_side(path, feats, beams, batch_size):
                 enc[i], alpha[i] = e["encoder_out"][b, :n].numpy(), a[b, :n].numpy()
                 emb[i] = c.embeddings[b, : int(c.lengths[b])].numpy()
             for k in beams:
-                gen = CifGenerator([model], task.target_dictionary, beam_size=k, eos_slack=task.cfg.cif_eos_slack)
+                gen = CifGenerator([model], task.target_dictionary, beam_size=k, eos_slack=task.cfg.cif_eos_slack,
+                                   count_search=count_search, ctc_weight=ctc_weight)
                 hypos = gen.decode(src, lengths).hypos
                 for b, i in enumerate(idx):
                     tokens[k][i] = [int(t) for t in hypos[b][0]["tokens"] if int(t) not in strip]
@@ -84,16 +85,21 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-files", type=int)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--count-search", type=int, default=-1,
+                   help="both sides: -1 the raw weights' count (default; the states compared are those of the "
+                        "raw weights), or the count search's radius (transcripts compared)")
+    p.add_argument("--ctc-weight", type=float, default=0.7)
     a = p.parse_args(argv)
 
     from fairseq_hkd.data.manifest import read_manifest
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer
 
     entries = read_manifest(a.manifest)[: a.max_files]
-    fp32 = OnnxRecognizer(a.fp32, beam=1, input_level="off")  # as recorded, as fairseq-generate decodes
+    fp32 = OnnxRecognizer(a.fp32, beam=1, input_level="off", count_search=-1)  # as recorded; raw count: states
     feats = [fp32.frontend.read(e.audio)[0] for e in entries]
     t0 = time.perf_counter()
-    task, ref_tokens, ref_enc, ref_alpha, ref_emb = torch_side(a.path, feats, a.beams, a.batch_size)
+    task, ref_tokens, ref_enc, ref_alpha, ref_emb = torch_side(a.path, feats, a.beams, a.batch_size,
+                                                               a.count_search, a.ctc_weight)
     units = task.units
     from fairseq_hkd.data.audio import read_audio
     from fairseq_hkd.data.cmvn import build_cmvn
@@ -126,7 +132,8 @@ def main(argv=None):
         torch_text = [units.decode([sym[t] for t in toks]) for toks in ref_tokens[k]]
         row = {"wer_torch": wer(refs, torch_text)}
         for name, d in dirs.items():
-            out = decode_sorted(OnnxRecognizer(d, beam=k), feats, a.batch_size)
+            out = decode_sorted(OnnxRecognizer(d, beam=k, count_search=a.count_search, ctc_weight=a.ctc_weight),
+                                feats, a.batch_size)
             differ = [entries[i].id for i, dec in enumerate(out) if dec.tokens != ref_tokens[k][i]]
             row[f"wer_{name}"] = wer(refs, [dec.text for dec in out])
             row[f"token_mismatches_{name}"] = len(differ)

@@ -157,7 +157,7 @@ def exported(trained_cif, venv_bin, tmp_path_factory):
     return _EXPORTED["dirs"]
 
 
-def _torch_reference(trained, feats, beam):
+def _torch_reference(trained, feats, beam, count_search=-1, ctc_weight=0.0):
     from fairseq import checkpoint_utils
 
     from fairseq_hkd.generation.cif_generator import CifGenerator
@@ -171,7 +171,8 @@ def _torch_reference(trained, feats, beam):
     with torch.no_grad():
         enc = model.forward_encoder(src, lengths)
         _, cif_out = model.forward_cif(enc)
-        hypos = CifGenerator([model], task.target_dictionary, beam_size=beam).decode(src, lengths).hypos
+        hypos = CifGenerator([model], task.target_dictionary, beam_size=beam, count_search=count_search,
+                             ctc_weight=ctc_weight).decode(src, lengths).hypos
     return task, enc, cif_out, hypos
 
 
@@ -183,7 +184,7 @@ def test_onnx_equals_pytorch(trained_cif, exported, beam):
     from fairseq_hkd.runtime.recognizer import OnnxRecognizer
 
     entries = read_manifest(trained_cif.data / "test.tsv")
-    rec = OnnxRecognizer(str(exported.fp32), beam=beam)
+    rec = OnnxRecognizer(str(exported.fp32), beam=beam, count_search=-1)  # the raw weights' count
     feats = [rec.frontend.read(e.audio)[0] for e in entries]
     task, enc, cif_out, hypos = _torch_reference(trained_cif, feats, beam)
     got = rec.decode_features(feats, keep_states=True)
@@ -199,6 +200,71 @@ def test_onnx_equals_pytorch(trained_cif, exported, beam):
     # the fixture's training is not bit-reproducible, so a word may differ from the reference; the
     # contract above is equality with PyTorch, this only checks the fixture learned its utterances
     assert sum(dec.text == e.tgt_text for e, dec in zip(entries, got)) >= len(entries) / 2
+
+
+@pytest.mark.parametrize("beam,radius,ctc_weight", [(1, 1, 0.7), (4, 2, 0.3), (2, 0, 0.7)])
+def test_onnx_count_search_equals_pytorch(trained_cif, exported, beam, radius, ctc_weight):
+    """The runtime's count search (runtime/count.py, the exported CTC graph) chooses what
+    CifGenerator's does: the same tokens, counts and fire frames on every test utterance; the
+    export records the task's defaults (1, 0.7), which the runtime then uses."""
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    cfg = json.loads((exported.fp32 / "config.json").read_text())
+    assert cfg["files"]["ctc"] == "ctc.onnx" and cfg["search"]["count_search"] == 1
+    assert cfg["search"]["ctc_weight"] == pytest.approx(0.7)
+    assert OnnxRecognizer(str(exported.fp32)).count_search == 1
+    entries = read_manifest(trained_cif.data / "test.tsv")
+    rec = OnnxRecognizer(str(exported.fp32), beam=beam, count_search=radius, ctc_weight=ctc_weight)
+    feats = [rec.frontend.read(e.audio)[0] for e in entries]
+    task, _, _, hypos = _torch_reference(trained_cif, feats, beam, radius, ctc_weight)
+    eos = task.target_dictionary.eos()
+    for dec, hyp in zip(rec.decode_features(feats), hypos):
+        assert dec.tokens == [int(t) for t in hyp[0]["tokens"] if int(t) != eos]
+        assert dec.fires.tolist() == hyp[0]["fires"].tolist()
+        assert dec.score == pytest.approx(hyp[0]["score"], abs=1e-3)
+
+
+def test_ctc_log_likelihood_and_scaling_match_torch():
+    """runtime/count.py against torch: F.ctc_loss (repeats, blanks, an infeasible target) and
+    cif_middleware.scale_alpha (including frames capped at 1)."""
+    import torch.nn.functional as F
+
+    from fairseq_hkd.models.cif_middleware import scale_alpha as torch_scale
+    from fairseq_hkd.runtime.count import candidate_counts, ctc_log_likelihood, scale_alpha
+
+    g = torch.Generator().manual_seed(0)
+    lprobs = torch.log_softmax(torch.randn(9, 6, generator=g, dtype=torch.float64), -1)
+    for target in ([1, 2, 3], [2, 2], [4], [], [1, 1, 1, 1, 1], [1, 2, 1, 2, 1, 2, 1, 2, 1]):
+        ref = -F.ctc_loss(lprobs, torch.tensor(target, dtype=torch.long), torch.tensor(9), torch.tensor(len(target)),
+                          blank=0, reduction="sum", zero_infinity=False).item()
+        got = ctc_log_likelihood(lprobs.numpy(), target, 0)
+        assert got == pytest.approx(ref, abs=1e-9) if np.isfinite(ref) else got == -np.inf, target
+    alpha = torch.rand(3, 8, generator=g)
+    alpha[0, 6:] = 0.0  # padding
+    alpha[2, 3] = 5.0   # pushed above 1 by the plain rule: capped
+    targets = torch.tensor([4, 7, 6])
+    np.testing.assert_allclose(scale_alpha(alpha.numpy(), targets.numpy()), torch_scale(alpha, targets).numpy(),
+                               atol=1e-6, rtol=0)
+    assert candidate_counts(np.array([5, 0, 3]), np.array([9, 4, 3]), 1).tolist() == [[4, 0, 2], [5, 0, 3], [6, 0, 3]]
+
+
+def test_exports_without_ctc_graph(exported, tmp_path):
+    """A directory exported before the count search (no ctc.onnx, no count keys): the runtime decodes
+    the raw count by default, and asking for the CTC choice is a one-line error naming the directory."""
+    from fairseq_hkd.runtime.model_dir import ModelDirError
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    old = tmp_path / "old"
+    shutil.copytree(exported.fp32, old)
+    (old / "ctc.onnx").unlink()
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["files"]["ctc"], cfg["search"]["count_search"], cfg["search"]["ctc_weight"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert OnnxRecognizer(str(old)).count_search == -1
+    assert OnnxRecognizer(str(old), count_search=0).count_search == 0
+    with pytest.raises(ModelDirError, match="no CTC graph.*re-export"):
+        OnnxRecognizer(str(old), count_search=1, ctc_weight=0.7)
 
 
 def test_int8_and_config(exported, trained_cif):
@@ -281,7 +347,7 @@ def test_nar_export(trained_cif, exported, tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
 
     entries = read_manifest(trained_cif.data / "test.tsv")
-    rec = OnnxRecognizer(str(out))
+    rec = OnnxRecognizer(str(out), count_search=-1)
     feats = [rec.frontend.read(e.audio)[0] for e in entries]
     got = rec.decode_features(feats)
     lengths = torch.tensor([f.shape[0] for f in feats])

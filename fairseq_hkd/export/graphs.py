@@ -139,6 +139,18 @@ class EncoderGraph(nn.Module):
         return h, enc["encoder_lengths"], alpha
 
 
+class CtcGraph(nn.Module):
+    """encoder_out [B, T', D] float32 -> ctc_lprobs [B, T', V] float32 (log-softmax of the CTC head),
+    for the runtime's count search (``runtime/count.py``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.proj = copy.deepcopy(model.ctc_proj).eval()
+
+    def forward(self, encoder_out: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.proj(encoder_out).float(), dim=-1)
+
+
 class DecoderStepGraph(nn.Module):
     """One autoregressive step for R rows (``CifDecoder`` in incremental mode).
 

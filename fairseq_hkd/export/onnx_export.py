@@ -49,6 +49,7 @@ __all__ = ["ExportError", "load_checkpoint", "export_model_dir", "quantize_model
 ENCODER_FILE = "encoder.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
 DECODER_NAR_FILE = "decoder.onnx"
+CTC_FILE = "ctc.onnx"
 DICT_FILE = "dict.txt"
 QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx",
                  "torch._export", "torch.utils._sympy")
@@ -169,6 +170,14 @@ def export_encoder(model, path: str) -> None:
             ["encoder_out", "encoder_lengths", "alpha"], ({0: batch, 1: time_}, {0: batch}))
 
 
+def export_ctc(model, path: str) -> None:
+    from fairseq_hkd.export.graphs import CtcGraph
+
+    x = torch.randn(2, 7, model.encoder_embed_dim)
+    batch, time_ = torch.export.Dim("batch", min=1), torch.export.Dim("frames", min=1)
+    _export(CtcGraph(model), (x,), path, ["encoder_out"], ["ctc_lprobs"], ({0: batch, 1: time_},))
+
+
 def export_decoder_step(model, path: str) -> None:
     from fairseq_hkd.export.graphs import DecoderStepGraph, cache_shape
 
@@ -242,9 +251,10 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
     os.makedirs(out_dir, exist_ok=True)
     ar = bool(model.decoder.autoregressive)
     files = {"encoder": ENCODER_FILE, "decoder": DECODER_STEP_FILE if ar else DECODER_NAR_FILE,
-             "dictionary": DICT_FILE}
+             "ctc": CTC_FILE, "dictionary": DICT_FILE}
     t0 = time.perf_counter()
     export_encoder(model, os.path.join(out_dir, ENCODER_FILE))
+    export_ctc(model, os.path.join(out_dir, CTC_FILE))
     (export_decoder_step if ar else export_decoder_nar)(model, os.path.join(out_dir, files["decoder"]))
     logger.info(f"exported the graphs in {time.perf_counter() - t0:.1f} s")
     shutil.copyfile(dict_path, os.path.join(out_dir, DICT_FILE))
@@ -260,7 +270,8 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
         "dictionary": {"size": len(dictionary), "bos": dictionary.bos(), "pad": dictionary.pad(),
                        "eos": dictionary.eos(), "unk": dictionary.unk()},
         "cif": {"threshold": float(model.cif.threshold), "tail_threshold": float(model.cif.tail_threshold)},
-        "search": {"eos_slack": int(task.cfg.cif_eos_slack)},
+        "search": {"eos_slack": int(task.cfg.cif_eos_slack), "count_search": int(task.cfg.cif_count_search),
+                   "ctc_weight": float(task.cfg.cif_ctc_weight)},
         "encoder": {"downsample": int(model.encoder.downsample), "embed_dim": int(model.encoder_embed_dim)},
         "decoder": {"type": "autoregressive" if ar else "non_autoregressive", "layers": len(model.decoder.layers),
                     "heads": int(attn.num_heads), "head_dim": int(attn.head_dim)},
@@ -284,7 +295,7 @@ def quantize_model_dir(src_dir: str, out_dir: str, decoder: bool = True) -> Dict
                           "quantization needs an fp32 export")
     os.makedirs(out_dir, exist_ok=True)
     for key, name in src.config["files"].items():
-        if key == "dictionary" or (key != "encoder" and not decoder):
+        if key in ("dictionary", "ctc") or (key != "encoder" and not decoder):  # CTC: one matrix, kept fp32
             shutil.copyfile(src.file(key), os.path.join(out_dir, name))
         else:
             quantize_int8(src.file(key), os.path.join(out_dir, name), exclude_alpha_head=key == "encoder")

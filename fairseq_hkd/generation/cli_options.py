@@ -7,7 +7,7 @@ import argparse
 from fairseq_hkd.generation.formats import FORMATS
 from fairseq_hkd.generation.segments import SegmenterConfig
 
-__all__ = ["add_level_arg", "add_output_args", "add_segmenter_args", "level_from_args", "segmenter_from_args"]
+__all__ = ["add_count_args", "add_level_arg", "add_output_args", "add_segmenter_args", "level_from_args", "segmenter_from_args"]
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,16 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="one output file per input, DIR/ID.EXT")
     p.add_argument("--output", help="write the stream to this file instead of stdout")
     p.add_argument("--timestamps", action="store_true", help="tsv: append SYMBOL:SECONDS for every emitted unit")
+
+
+def add_count_args(p: argparse.ArgumentParser, default_from: str) -> None:
+    """--count-search, --ctc-weight (None: the model's, ``default_from`` says where it comes from)."""
+    p.add_argument("--count-search", type=int, default=None, metavar="R",
+                   help="try CIF counts L-R..L+R, the weights scaled to each as in training, and keep the best by "
+                        f"--ctc-weight; 0: scaled to L only; -1: the raw weights' count (default: {default_from})")
+    p.add_argument("--ctc-weight", type=float, default=None, metavar="W",
+                   help="a candidate count scores W * CTC + (1 - W) * decoder log-likelihood of its best hypothesis "
+                        f"(default: {default_from})")
 
 
 def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from fairseq_hkd.data.audio import AudioError
-from fairseq_hkd.generation.cli_options import (add_level_arg, add_output_args, add_segmenter_args, level_from_args,
+from fairseq_hkd.generation.cli_options import (add_count_args, add_level_arg, add_output_args, add_segmenter_args, level_from_args,
                                                 segmenter_from_args)
 from fairseq_hkd.generation.formats import SUBTITLES, OutputWriter
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs, file_id
@@ -325,12 +325,7 @@ def build_parser(require_plot: bool = False) -> argparse.ArgumentParser:
                                      "ASR units, examples/*/lm.sh)")
     p.add_argument("--lm-weight", type=float, default=0.0,
                    help="weight W of the LM log-probabilities, as fairseq-generate's (0: no LM)")
-    p.add_argument("--count-search", type=int, default=None, metavar="R",
-                   help="try CIF counts L-R..L+R, weights scaled to each, and keep the best by --ctc-weight "
-                        "(default: the checkpoint's --cif-count-search, 1; -1: the raw weights)")
-    p.add_argument("--ctc-weight", type=float, default=None, metavar="W",
-                   help="count candidates score W * CTC + (1 - W) * decoder log-likelihood (default: the "
-                        "checkpoint's --cif-ctc-weight, 0.7)")
+    add_count_args(p, "the checkpoint's --cif-count-search and --cif-ctc-weight, 1 and 0.7")
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
     add_output_args(p)
     p.add_argument("--plot", metavar="DIR", required=require_plot,

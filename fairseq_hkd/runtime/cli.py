@@ -29,7 +29,7 @@ logger = logging.getLogger("fairseq_hkd.runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairseq_hkd.generation.cli_options import add_level_arg, add_output_args, add_segmenter_args
+    from fairseq_hkd.generation.cli_options import add_count_args, add_level_arg, add_output_args, add_segmenter_args
 
     p = argparse.ArgumentParser(
         prog="fairseq-hkd-transcribe --backend onnx",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     p.add_argument("--eos-slack", type=int, choices=[0, 1],
                    help="</s> may also end a hypothesis one step early (default: the task's, recorded at export)")
+    add_count_args(p, "recorded at export; -1 for exports before 2026-12-03")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--batch-size", type=int, default=8, help="files or segments per decoding batch")
     add_output_args(p)
@@ -102,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     segmenter = segmenter_from_args(args)
     try:
         rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack,
-                             input_level=level_from_args(args), input_level_tolerance_db=args.input_level_tolerance)
+                             input_level=level_from_args(args), input_level_tolerance_db=args.input_level_tolerance,
+                             count_search=args.count_search, ctc_weight=args.ctc_weight)
     except (ModelDirError, ValueError) as e:
         raise SystemExit(f"fairseq-hkd-transcribe: error: {e}")
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

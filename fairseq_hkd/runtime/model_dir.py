@@ -8,13 +8,16 @@ Layout (file names fixed; ``config.json`` lists them)::
     DIR/decoder_step.onnx  autoregressive decoder: one step with its cache (export/graphs.py)
       or DIR/decoder.onnx  non-autoregressive decoder: cif_embeddings [B, N, C], cif_lengths [B]
                            -> lprobs [B, N, V]
+    DIR/ctc.onnx           the CTC head: encoder_out [B, T', D] -> ctc_lprobs [B, T', V] (for the
+                           count search; exports before 2026-12-03 lack it)
     DIR/dict.txt           the training dictionary (fairseq format; <s> <pad> </s> <unk> first)
 
 config.json keys: ``format`` / ``version``; ``precision`` (fp32 | int8 | int8-encoder); ``files``; ``frontend``
 (``fbank``: kaldi-native-fbank's FbankOptions as a dict, ``wave_scale``, ``sample_rate``,
 ``cmvn``: type global | utterance | none, with ``mean`` / ``std`` for global, ``min_source_frames``,
 ``strict_sample_rate``, ``multichannel``); ``units`` (unit type, lowercase); ``dictionary``
-(size and special indices); ``cif`` (threshold, tail_threshold); ``search`` (eos_slack);
+(size and special indices); ``cif`` (threshold, tail_threshold); ``search`` (eos_slack, and since
+2026-12-03 count_search and ctc_weight: the task's ``--cif-count-search`` / ``--cif-ctc-weight``);
 ``encoder`` (downsample, embed_dim); ``decoder`` (type, layers, heads, head_dim); ``source``
 (checkpoint, arch, versions).
 

@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from fairseq_hkd.data.units import decode_units
-from fairseq_hkd.runtime.cif import cif_numpy, fire_frames
+from fairseq_hkd.runtime.cif import CifResult, cif_numpy, fire_frames
+from fairseq_hkd.runtime.count import candidate_counts, choose_candidates, ctc_log_likelihood, scale_alpha
 from fairseq_hkd.runtime.frontend import Frontend
 from fairseq_hkd.runtime.model_dir import ModelDirError, read_model_dir
 from fairseq_hkd.runtime.search import Hypothesis, beam_search, nar_argmax
@@ -91,11 +92,15 @@ class OnnxRecognizer:
         tail_threshold: None = the model's ``cif_tail_threshold``.
         input_level: auto | off | nats: match each file's speech level to the training level
             (``data/level.py``); input_level_tolerance_db: levels this close are left as recorded.
+        count_search, ctc_weight: how the CIF count is chosen (``runtime/count.py``, as
+            ``fairseq-generate --cif-count-search --cif-ctc-weight``); None = the values recorded at
+            export (exports before 2026-12-03: -1, the raw weights' count).
     """
 
     def __init__(self, model_dir: str, beam: int = 10, threads: int = 1, eos_slack: Optional[int] = None,
                  tail_threshold: Optional[float] = None, input_level: str = "auto",
-                 input_level_tolerance_db: Optional[float] = None):
+                 input_level_tolerance_db: Optional[float] = None, count_search: Optional[int] = None,
+                 ctc_weight: Optional[float] = None):
         self.model_dir = read_model_dir(model_dir)
         cfg = self.model_dir.config
         if beam < 1:
@@ -104,6 +109,17 @@ class OnnxRecognizer:
         self.eos_slack = int(cfg["search"]["eos_slack"] if eos_slack is None else eos_slack)
         if self.eos_slack not in (0, 1):
             raise ValueError(f"eos_slack must be 0 or 1, got {self.eos_slack}")
+        search_cfg = cfg["search"]
+        self.count_search = int(search_cfg.get("count_search", -1) if count_search is None else count_search)
+        self.ctc_weight = float(search_cfg.get("ctc_weight", 0.0) if ctc_weight is None else ctc_weight)
+        if self.count_search < -1:
+            raise ValueError(f"count_search must be >= -1, got {self.count_search}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        uses_ctc = self.count_search >= 1 and self.ctc_weight > 0
+        if uses_ctc and "ctc" not in cfg["files"]:
+            raise ModelDirError(f"{model_dir} has no CTC graph (exported before 2026-12-03): re-export it, or decode "
+                                "with count_search -1 (the raw count) or 0, or ctc_weight 0")
         self.threshold = float(cfg["cif"]["threshold"])
         self.tail_threshold = float(cfg["cif"]["tail_threshold"] if tail_threshold is None else tail_threshold)
         d = cfg["dictionary"]
@@ -120,6 +136,7 @@ class OnnxRecognizer:
             self.model_dir.file("decoder"), threads,
             ["prev_tokens", "c_prev", "c_cur", "step", "cache_key", "cache_value"] if self.autoregressive
             else ["cif_embeddings", "cif_lengths"])
+        self.ctc = _session(self.model_dir.file("ctc"), threads, ["encoder_out"]) if uses_ctc else None
 
     @property
     def precision(self) -> str:
@@ -161,7 +178,10 @@ class OnnxRecognizer:
             return []
         h, enc_lengths, alpha = self.encode(feats)
         cif = cif_numpy(alpha, h, enc_lengths, self.threshold, self.tail_threshold)
-        hyps = self.search(cif.embeddings, cif.lengths)
+        if self.count_search < 0:
+            hyps = self.search(cif.embeddings, cif.lengths)
+        else:
+            cif, hyps = self.count_search_decode(h, enc_lengths, alpha, cif.lengths)
         fires = fire_frames(cif.fire_mask, cif.lengths, enc_lengths)
         strip = {self.bos, self.pad, self.eos}
         out = []
@@ -176,6 +196,37 @@ class OnnxRecognizer:
                 h[b, :n_enc].copy() if keep_states else None,
                 cif.embeddings[b, :n_cif].copy() if keep_states else None))
         return out
+
+    def count_search_decode(self, h: np.ndarray, enc_lengths: np.ndarray, alpha: np.ndarray,
+                            predicted: np.ndarray):
+        """Every candidate count of ``runtime/count.py`` searched in one batch of M x B rows; ->
+        (CifResult of the chosen candidates, their best hypotheses)."""
+        counts = candidate_counts(np.asarray(predicted), np.asarray(enc_lengths), self.count_search)  # [M, B]
+        M, B = counts.shape
+        cands = [cif_numpy(scale_alpha(alpha, counts[m]), h, enc_lengths, self.threshold, self.tail_threshold)
+                 for m in range(M)]
+        N = max([c.embeddings.shape[1] for c in cands] + [0])
+        emb = np.zeros((M * B, N, h.shape[2]), dtype=np.float32)
+        for m, c in enumerate(cands):
+            emb[m * B:(m + 1) * B, : c.embeddings.shape[1]] = c.embeddings
+        hyps = self.search(emb, np.concatenate([c.lengths for c in cands]))
+        if M == 1:
+            return cands[0], hyps
+        scores = np.array([hyp.score for hyp in hyps], dtype=np.float64).reshape(M, B)
+        ctc = np.zeros((M, B))
+        if self.ctc is not None:
+            (lprobs,) = self.ctc.run(None, {"encoder_out": np.ascontiguousarray(h, dtype=np.float32)})
+            for r, hyp in enumerate(hyps):
+                m, b = divmod(r, B)
+                ctc[m, b] = ctc_log_likelihood(lprobs[b, : int(enc_lengths[b])], hyp.tokens[:-1], self.bos)
+        best = choose_candidates(scores, ctc, self.ctc_weight if self.ctc is not None else 0.0, self.count_search)
+        chosen = CifResult(np.zeros((B, N, h.shape[2]), dtype=np.float32), np.zeros(B, dtype=np.int64),
+                           np.zeros(alpha.shape, dtype=bool))
+        for b, m in enumerate(best.tolist()):
+            c = cands[m]
+            chosen.embeddings[b, : c.embeddings.shape[1]] = c.embeddings[b]
+            chosen.lengths[b], chosen.fire_mask[b] = c.lengths[b], c.fire_mask[b]
+        return chosen, [hyps[m * B + b] for b, m in enumerate(best.tolist())]
 
     def decode_wavs(self, wavs: Sequence[np.ndarray], batch_size: int = 8) -> List[Decoded]:
         """Mono float32 waveforms at the model's sample rate -> Decoded, in input order (batches of
