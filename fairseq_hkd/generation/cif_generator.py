@@ -40,7 +40,8 @@ hypothesis without ``</s>`` and ``log p_CTC`` the CTC head's sequence log-likeli
 alignments, blank = ``<s>``; the decoder's summed log-prob favours short hypotheses, CTC's does
 not). R = 0: the weights scaled to ``L_b``, no search; R = -1: the raw weights (the decoding before
 2026-12-03). ``ctc_weight`` (task option ``--cif-ctc-weight``, default 0.7; 0 for a model trained
-without the CTC loss) was chosen on heldout (README, "Choosing the count").
+without the CTC loss) was chosen on heldout (README, "Decoding that chooses the CIF count";
+``scripts/cif_count_choice.py``).
 
 Language-model shallow fusion (``--lm-path LM.pt --lm-weight W``): every chosen token also scores
 ``W * log p_LM(token | prefix)``, ``</s>`` included, and an appended ``</s>`` pays
@@ -249,7 +250,8 @@ class CifGenerator:
         encoder_out = model.forward_encoder(src_tokens, src_lengths)
         alpha, cif_out = model.forward_cif(encoder_out, tail_threshold=self.tail_threshold)
         if self.count_search < 0:
-            result, fire_mask, lengths = self.search(cif_out.embeddings, cif_out.lengths), cif_out.fire_mask, cif_out.lengths
+            lengths, fire_mask = cif_out.lengths, cif_out.fire_mask
+            result = self.search(cif_out.embeddings, lengths)
         else:
             result, fire_mask, lengths = self.count_search_decode(encoder_out, cif_out.lengths)
         enc_lengths = encoder_out["encoder_lengths"]
@@ -265,8 +267,9 @@ class CifGenerator:
         """Search every candidate count ``predicted + d``, ``|d| <= count_search`` (module docstring).
 
         encoder_out: the model's encoder dict (B utterances); predicted [B] long, the CIF count of the
-        raw weights (0 stays 0: nothing to transcribe; no candidate exceeds the encoder frames). -> (CifSearchResult of the chosen candidates,
-        fire_mask [B, T'] and lengths [B] of their scaled weights).
+        raw weights (0 stays 0: nothing to transcribe; no candidate exceeds the encoder frames).
+        -> (CifSearchResult of the chosen candidates, fire_mask [B, T'] and lengths [B] of their
+        scaled weights).
         """
         model, R, bsz = self.model, self.count_search, predicted.numel()
         deltas = torch.arange(-R, R + 1, device=predicted.device)  # [M]
