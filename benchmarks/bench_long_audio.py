@@ -82,12 +82,14 @@ def load_recognizer(args):
 
     torch.set_num_threads(args.threads)
     seg = SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0], pad_end_s=args.pad[1])
-    rec = Recognizer.from_checkpoint(args.ckpt, beam=args.beam, cpu=True, segmenter=seg, input_level=args.input_level)
+    rec = Recognizer.from_checkpoint(args.ckpt, beam=args.beam, cpu=True, segmenter=seg, input_level=args.input_level,
+                                     count_search=args.count_search)
     if args.arch != "checkpoint":
         from bench_decode import DEFAULT_RATE, build_model
 
         model = build_model(args.arch, len(rec.tgt_dict), DEFAULT_RATE.get(args.arch, 3.2))
-        rec = Recognizer(model, rec.task, beam=args.beam, device="cpu", segmenter=seg, input_level=args.input_level)
+        rec = Recognizer(model, rec.task, beam=args.beam, device="cpu", segmenter=seg, input_level=args.input_level,
+                         count_search=args.count_search)
     if args.vad == "webrtc":
         rec._vad = WebrtcVad()
     return rec
@@ -169,7 +171,8 @@ def wer(refs, hyps) -> float:
 
 def run_worker(args, mode: str, long_file: str = "") -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--long-file", long_file]
-    for k in ("ckpt", "manifest", "arch", "beam", "batch_size", "threads", "max_segment", "min_silence", "vad", "input_level"):
+    for k in ("ckpt", "manifest", "arch", "beam", "batch_size", "threads", "max_segment", "min_silence", "vad", "input_level",
+              "count_search"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     cmd += ["--pad", *map(str, args.pad)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -193,6 +196,8 @@ def main() -> None:
     p.add_argument("--gap", type=float, nargs=2, default=(0.3, 0.8), help="silence between utterances, seconds")
     p.add_argument("--noise-snr", type=float, default=None)
     p.add_argument("--input-level", default="auto", help="the transcriber's --input-level (auto: its default; off: as recorded)")
+    p.add_argument("--count-search", type=int, default=1,
+                   help="the transcriber's --count-search (1: its default; -1: the raw count, before 2026-12-03)")
     p.add_argument("--vad", choices=("silero", "webrtc"), default="silero")
     p.add_argument("--vad-only", action="store_true")
     p.add_argument("--skip-short", action="store_true")
@@ -211,7 +216,7 @@ def main() -> None:
         if not args.skip_short:
             res["short"] = run_worker(args, "short")
     row = {"minutes": round(long["seconds"] / 60, 1), "arch": args.arch, "beam": args.beam, "vad": args.vad,
-           "pad": list(args.pad), "input_level": args.input_level,
+           "pad": list(args.pad), "input_level": args.input_level, "count_search": args.count_search,
            "snr": args.noise_snr, "long_rtf": round(res["long"]["rtf"], 4),
            "long_peak_rss_mb": round(res["long"]["peak_rss_mb"]), "segments": len(res["long"]["segments"])}
     if "short" in res:
