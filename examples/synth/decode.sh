@@ -6,13 +6,15 @@
 #   examples/synth/decode.sh --exp exp/synth/hkd --beam 1 --subsets test
 #   examples/synth/decode.sh --exp exp/synth/cif --lm-path exp/synth/lm/checkpoint_best.pt --lm-weight 0.3
 #   examples/synth/decode.sh --exp exp/synth/cif --tail-threshold 0.4 --eos-slack 1
+#   examples/synth/decode.sh --exp exp/synth/cif --count-search -1   # the raw count (before 2026-12-03)
 #
 # Writes EXP/decode-SUBSET/generate-SUBSET.txt (S-/T-/H-/D- lines) and
 # EXP/wer-summary-SUBSET.txt (the WER fairseq-generate printed), and prints one line per subset.
 # With --lm-path (shallow fusion with an LM from lm.sh, weight --lm-weight) the names get -lmW:
 # EXP/decode-SUBSET-lmW/, EXP/wer-summary-SUBSET-lmW.txt; likewise -tailT for --tail-threshold T (the CIF
 # tail rule at decoding; default: the model's, 0.5) and -slack1 for --eos-slack 1 (</s> may also end a
-# hypothesis one step before its last CIF step); --suffix S appends S to the names (e.g. -beam10).
+# hypothesis one step before its last CIF step), -countR for --count-search R (the task's
+--cif-count-search; default 1, -1: the raw weights' count); --suffix S appends S to the names (e.g. -beam10).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth
@@ -27,6 +29,7 @@ lm_path=""   # language model for shallow fusion (lm.sh); empty: none
 lm_weight=0.3
 tail_threshold=""  # empty: the model's cif_tail_threshold
 eos_slack=0
+count_search=""    # empty: the task's --cif-count-search (1)
 suffix=""
 plm=""
 
@@ -40,6 +43,7 @@ lm_args=() tag=$suffix
 [ -z "$lm_path" ] || { lm_args+=(--lm-path "$lm_path" --lm-weight "$lm_weight"); tag=$tag-lm$lm_weight; }
 [ -z "$tail_threshold" ] || { lm_args+=(--model-overrides "{'cif_tail_threshold': $tail_threshold}"); tag=$tag-tail$tail_threshold; }
 [ "$eos_slack" = 0 ] || { lm_args+=(--cif-eos-slack "$eos_slack"); tag=$tag-slack$eos_slack; }
+[ -z "$count_search" ] || { lm_args+=(--cif-count-search "$count_search"); tag=$tag-count$count_search; }
 
 for subset in $subsets; do
   out=$exp/decode-$subset$tag
