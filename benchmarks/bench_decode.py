@@ -17,7 +17,7 @@ Printed per model and beam: real-time factor (decode time / audio time) of the w
 (encoder + CIF + search), the share of it spent in the search, decoder steps (= CIF fires) per
 utterance, and the speed-up of batched decoding over decoding the same utterances one by one.
 Timings are medians over ``--repeats`` runs, batched and one-by-one interleaved.
-``--count-search -1,1`` also times the count search (three candidate counts, CTC scoring) and
+``--count-search=-1,1`` also times the count search (three candidate counts, CTC scoring) and
 prints its RTF relative to the raw count's in the same run.
 """
 import argparse
