@@ -14,7 +14,7 @@
 # EXP/decode-SUBSET-lmW/, EXP/wer-summary-SUBSET-lmW.txt; likewise -tailT for --tail-threshold T (the CIF
 # tail rule at decoding; default: the model's, 0.5) and -slack1 for --eos-slack 1 (</s> may also end a
 # hypothesis one step before its last CIF step), -countR for --count-search R (the task's
---cif-count-search; default 1, -1: the raw weights' count); --suffix S appends S to the names (e.g. -beam10).
+# --cif-count-search; default 1, -1: the raw weights' count); --suffix S appends S to the names (e.g. -beam10).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth

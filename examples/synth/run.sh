@@ -57,13 +57,20 @@ train_one() {  # train_one MODEL CRITERION: train unless done before; progress l
   grep -q "done training" "$exp/$model/train.log" || { echo "$0: training $model failed: $exp/$model/train.log" >&2; return 1; }
 }
 log "training cif and cif_hkd side by side ($threads thread(s) each, $max_update updates)"
+wait_both() {  # wait_both STEP: wait for both background jobs; exit 1 if either failed (`wait a && wait b`
+  # would not: under set -e a failure before the last && is ignored)
+  local failed=0
+  wait "$pid_cif" || failed=1
+  wait "$pid_hkd" || failed=1
+  [ "$failed" = 0 ] || { echo "$0: $1 failed (messages above)" >&2; exit 1; }
+}
 train_one cif cif & pid_cif=$!
 train_one hkd cif_hkd & pid_hkd=$!
-wait $pid_cif && wait $pid_hkd
+wait_both training
 log "decoding test and heldout with fairseq-generate (beam $beam)"
 OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/cif" --beam "$beam" & pid_cif=$!
 OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/hkd" --beam "$beam" & pid_hkd=$!
-wait $pid_cif && wait $pid_hkd
+wait_both decoding
 
 {
   echo "| model | test WER % (unseen voices) | heldout WER % (training voices, unseen sentences) |"
