@@ -8,7 +8,7 @@ Usage::
 
 For every utterance and every candidate count n = L + d, |d| <= --radius (L: the raw weights' count,
 fires + tail rule), the weights are scaled to n (``forward_cif(target_lengths=n)``, as
-``CifGenerator.count_search_decode`` does) and decoded alone with beam search; the best hypothesis's
+``CifGenerator.search_candidates``, the candidates of the default decoding) and searched; the best hypothesis's
 decoder score and CTC log-likelihood are kept. Then, per model and averaged over the models, the
 word error rate of:
 
@@ -36,12 +36,12 @@ def decode_candidates(path: str, data: str, split: str, beam: int, radius: int) 
     from fairseq import checkpoint_utils
 
     import fairseq_hkd  # noqa: F401  (registers the task and model)
-    from fairseq_hkd.generation.cif_generator import CifGenerator
+    from fairseq_hkd.generation.cif_generator import CifGenerator, CifSearchResult
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
     model = models[0].eval()
     d = task.target_dictionary
-    gen = CifGenerator([model], d, beam_size=beam)
+    gen = CifGenerator([model], d, beam_size=beam, count_search=radius)
     units = task.build_bpe(None)
     task.load_dataset(split)
 
@@ -54,12 +54,13 @@ def decode_candidates(path: str, data: str, split: str, beam: int, radius: int) 
             src, src_len = s["net_input"]["src_tokens"], s["net_input"]["src_lengths"]
             enc = model.forward_encoder(src, src_len)
             _, raw = model.forward_cif(enc)
-            frames = enc["encoder_lengths"]
+            bsz = src.size(0)
+            cands, _ = gen.search_candidates(enc, raw.lengths)  # rows (delta + radius) * B + b
             runs = {"raw": gen.search(raw.embeddings, raw.lengths)}
-            for delta in range(-radius, radius + 1):
-                n = torch.minimum((raw.lengths + delta).clamp(min=1), frames)
-                _, cif = model.forward_cif(enc, target_lengths=n)
-                runs[delta] = gen.search(cif.embeddings, cif.lengths)
+            for i, delta in enumerate(range(-radius, radius + 1)):
+                part = slice(i * bsz, (i + 1) * bsz)
+                runs[delta] = CifSearchResult(cands.tokens[part], cands.lengths[part], cands.scores[part],
+                                              cands.positional_scores[part])
             ctc = {k: gen.ctc_scores(enc, r.tokens[:, 0], r.lengths[:, 0], 1) for k, r in runs.items()}
             for b in range(src.size(0)):
                 ref = words(s["target"][b][: s["target_lengths"][b]])

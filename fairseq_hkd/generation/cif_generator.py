@@ -271,15 +271,9 @@ class CifGenerator:
         -> (CifSearchResult of the chosen candidates, fire_mask [B, T'] and lengths [B] of their
         scaled weights).
         """
-        model, R, bsz = self.model, self.count_search, predicted.numel()
-        deltas = torch.arange(-R, R + 1, device=predicted.device)  # [M]
-        m = deltas.numel()
-        frames = encoder_out["encoder_lengths"].to(predicted)  # a frame holds at most one unit of weight
-        counts = torch.minimum((predicted[None, :] + deltas[:, None]).clamp(min=1), frames[None, :])  # [M, B]
-        counts = torch.where(predicted[None, :] > 0, counts, torch.zeros_like(counts)).reshape(-1)  # [M * B]
-        repeated = {k: torch.cat([v] * m, dim=0) for k, v in encoder_out.items() if torch.is_tensor(v)}
-        _, cif = model.forward_cif(repeated, target_lengths=counts)
-        result = self.search(cif.embeddings, cif.lengths)  # rows [M * B]
+        R, bsz = self.count_search, predicted.numel()
+        m = 2 * R + 1
+        result, cif = self.search_candidates(encoder_out, predicted)
         if m == 1:
             return result, cif.fire_mask, cif.lengths
         joint = result.scores[:, 0].float()  # [M * B] the best hypothesis of each candidate
@@ -295,6 +289,20 @@ class CifGenerator:
         chosen = CifSearchResult(result.tokens[rows], result.lengths[rows], result.scores[rows],
                                  result.positional_scores[rows])
         return chosen, cif.fire_mask[rows], cif.lengths[rows]
+
+    def search_candidates(self, encoder_out: Dict[str, Tensor], predicted: Tensor):
+        """The candidate counts ``predicted + d``, ``|d| <= count_search`` (at least 1, at most the
+        encoder frames; 0 stays 0), each searched with the weights scaled to it, as one batch.
+
+        -> (CifSearchResult and CifOutput with M * B rows, row d_index * B + b).
+        """
+        deltas = torch.arange(-self.count_search, self.count_search + 1, device=predicted.device)  # [M]
+        frames = encoder_out["encoder_lengths"].to(predicted)  # a frame holds at most one unit of weight
+        counts = torch.minimum((predicted[None, :] + deltas[:, None]).clamp(min=1), frames[None, :])  # [M, B]
+        counts = torch.where(predicted[None, :] > 0, counts, torch.zeros_like(counts)).reshape(-1)  # [M * B]
+        repeated = {k: torch.cat([v] * deltas.numel(), dim=0) for k, v in encoder_out.items() if torch.is_tensor(v)}
+        _, cif = self.model.forward_cif(repeated, target_lengths=counts)
+        return self.search(cif.embeddings, cif.lengths), cif
 
     def ctc_scores(self, encoder_out: Dict[str, Tensor], tokens: Tensor, lengths: Tensor, m: int) -> Tensor:
         """CTC sequence log-likelihood of each hypothesis (its tokens before ``</s>``).
