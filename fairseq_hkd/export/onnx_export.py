@@ -100,6 +100,8 @@ def load_checkpoint(path: str, data: Optional[str] = None):
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
     except (FileNotFoundError, ValueError) as e:
         raise ExportError(f"cannot rebuild the model of {path}: {e}") from None
+    if task.trained_ctc_weight is None and cfg.get("criterion") is not None:  # saved before 2026-12-03
+        task.note_training_criterion(cfg["criterion"])
     model = models[0].float().cpu().eval()
     return model, task, dict_path
 
@@ -271,7 +273,7 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
                        "eos": dictionary.eos(), "unk": dictionary.unk()},
         "cif": {"threshold": float(model.cif.threshold), "tail_threshold": float(model.cif.tail_threshold)},
         "search": {"eos_slack": int(task.cfg.cif_eos_slack), "count_search": int(task.cfg.cif_count_search),
-                   "ctc_weight": float(task.cfg.cif_ctc_weight)},
+                   "ctc_weight": task.decoding_ctc_weight()},
         "encoder": {"downsample": int(model.encoder.downsample), "embed_dim": int(model.encoder_embed_dim)},
         "decoder": {"type": "autoregressive" if ar else "non_autoregressive", "layers": len(model.decoder.layers),
                     "heads": int(attn.num_heads), "head_dim": int(attn.head_dim)},

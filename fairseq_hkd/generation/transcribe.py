@@ -96,7 +96,7 @@ class Recognizer:
         lm_model = lm_model.to(self.device).eval() if lm_model is not None else None
         cfg = task.cfg
         count_search = getattr(cfg, "cif_count_search", 1) if count_search is None else count_search
-        ctc_weight = getattr(cfg, "cif_ctc_weight", 0.7) if ctc_weight is None else ctc_weight
+        ctc_weight = task.decoding_ctc_weight(ctc_weight, count_search)  # 0 for an untrained CTC head
         self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1, lm_model=lm_model,
                                       lm_weight=lm_weight, count_search=count_search, ctc_weight=ctc_weight)
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
@@ -141,6 +141,8 @@ class Recognizer:
                 "(a directory with the training dict.txt, and cmvn.npz if the model uses global CMVN)"
             )
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
+        if task.trained_ctc_weight is None and state["cfg"].get("criterion") is not None:  # saved before 2026-12-03
+            task.note_training_criterion(state["cfg"]["criterion"])
         device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
         lm_model = None
         if lm_path:

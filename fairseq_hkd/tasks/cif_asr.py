@@ -142,7 +142,8 @@ class CifAsrConfig(FairseqDataclass):
     cif_ctc_weight: float = field(
         default=0.7,
         metadata={"help": "decoding with --cif-count-search >= 1: a candidate count scores W * CTC log-likelihood "
-                          "+ (1 - W) * decoder log-prob of its best hypothesis (0 for a model trained without CTC)"},
+                          "+ (1 - W) * decoder log-prob of its best hypothesis (a model trained without the CTC "
+                          "loss decodes with 0: its checkpoint records the criterion's CTC weight)"},
     )
     # speed ---------------------------------------------------------------------------------------
     autocast_bf16: AUTO_YES_NO = field(
@@ -222,6 +223,9 @@ class CifAsrTask(FairseqTask):
         self.encoder_output_lengths: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # set by build_model
         self.teacher_forced = False  # set by build_criterion: losses need S <= encoder frames
         self._use_bf16: Optional[bool] = None  # decided at the first training step (--autocast-bf16)
+        # the CTC loss weight the model was trained with (build_criterion; saved in checkpoints as the task
+        # state, or read from an older checkpoint's criterion config): 0 = an untrained CTC head
+        self.trained_ctc_weight: Optional[float] = None
         specaug = SpecAugmentConfig(
             cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
             cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
@@ -463,7 +467,38 @@ class CifAsrTask(FairseqTask):
         if not self.model_built:
             raise ValueError(f"task cif_asr: {MODEL_FIRST} (the criterion and the length filter need the model's sizes)")
         self.teacher_forced = True
+        self.note_training_criterion(cfg)
         return super().build_criterion(cfg, from_checkpoint)
+
+    # what the model was trained with (checkpoints keep it as fairseq's "task_state") --------------
+    def note_training_criterion(self, criterion_cfg) -> None:
+        """Record the criterion's CTC weight (cif and cif_hkd have ``ctc_weight``; others: unknown).
+        Loaders of checkpoints saved before 2026-12-03 (no task state) pass the checkpoint's
+        ``cfg["criterion"]``."""
+        weight = criterion_cfg.get("ctc_weight", None) if hasattr(criterion_cfg, "get") else None
+        weight = getattr(criterion_cfg, "ctc_weight", None) if weight is None else weight
+        if weight is not None:
+            self.trained_ctc_weight = float(weight)
+
+    def state_dict(self):
+        return {} if self.trained_ctc_weight is None else {"trained_ctc_weight": self.trained_ctc_weight}
+
+    def load_state_dict(self, state_dict) -> None:
+        if state_dict and state_dict.get("trained_ctc_weight") is not None:
+            self.trained_ctc_weight = float(state_dict["trained_ctc_weight"])
+
+    def decoding_ctc_weight(self, requested: Optional[float] = None, count_search: Optional[int] = None) -> float:
+        """The CTC weight of the count search (``requested``, default ``--cif-ctc-weight``; with
+        ``count_search``, default ``--cif-count-search``), or 0 with a warning when the model was
+        trained without the CTC loss: its CTC head is untrained, its scores would choose at random."""
+        weight = float(self.cfg.cif_ctc_weight if requested is None else requested)
+        count_search = self.cfg.cif_count_search if count_search is None else count_search
+        if weight > 0 and self.trained_ctc_weight == 0 and count_search >= 1:
+            logger.warning(f"the model was trained without the CTC loss (--ctc-weight 0), so its CTC head is "
+                           f"untrained: candidate counts are chosen by the decoder score alone (CTC weight 0 "
+                           f"instead of {weight:g})")
+            return 0.0
+        return weight
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         from fairseq_hkd.generation.cif_generator import build_cif_generator  # other component; lazily
@@ -471,7 +506,7 @@ class CifAsrTask(FairseqTask):
         lm_model = (extra_gen_cls_kwargs or {}).get("lm_model")  # fairseq-generate loaded --lm-path
         return build_cif_generator(models, args, self.tgt_dict, eos_slack=self.cfg.cif_eos_slack,
                                    lm_model=lm_model, dict_path=self.units.dict_path,
-                                   count_search=self.cfg.cif_count_search, ctc_weight=self.cfg.cif_ctc_weight)
+                                   count_search=self.cfg.cif_count_search, ctc_weight=self.decoding_ctc_weight())
 
     def build_bpe(self, args):
         """The units decoder, so fairseq-generate prints (and scores) words, whatever --bpe says."""
