@@ -13,7 +13,9 @@ around the target and only a better encoder / weight predictor helps.
 
 Then, at scale 1, where the count error comes from: its correlation with the utterance's speech
 rate (target tokens per second of audio; strongly negative = fast speech under-counted, slow
-speech over-counted: the weights follow duration more than content), the accuracy per rate tercile,
+speech over-counted: the weights follow duration more than content), the least-squares fit
+sum(alpha) ~ a S + b frames + c (b > 0: part of the count comes from the number of encoder frames),
+the accuracy per rate tercile,
 and the count accuracy of the CTC head's greedy output (collapsed non-blank tokens + </s>) on the
 same utterances: if CTC counts no better than CIF, the encoder, not the weight predictor, is short.
 """
@@ -39,7 +41,7 @@ def main() -> None:
     model = models[0].eval()
     for split in args.splits:
         task.load_dataset(split)
-        alphas, lengths, seconds, ctc_counts = [], [], [], []
+        alphas, lengths, seconds, ctc_counts, frames = [], [], [], [], []
         blank = task.target_dictionary.bos()  # the CTC blank (criterions/cif.py)
         with torch.no_grad():
             for s in task.get_batch_iterator(task.dataset(split), max_tokens=20000).next_epoch_itr(shuffle=False):
@@ -47,6 +49,7 @@ def main() -> None:
                 alphas.append(out["alpha"].double())
                 lengths.append(s["target_lengths"])
                 seconds.append(s["net_input"]["src_lengths"].double() / 100.0)  # 10 ms fbank frames
+                frames.append(out["encoder_lengths"].double())
                 ctc_counts.append(torch.tensor([ctc_greedy_count(lp[:n], blank) + 1 for lp, n in
                                                 zip(out["ctc_logits"], out["encoder_lengths"].tolist())]))
         for c in args.scales:
@@ -59,6 +62,13 @@ def main() -> None:
         rate = target / torch.cat(seconds).numpy()
         correct = np.concatenate([(predicted_token_counts(a, 1.0, 0.5) == t).numpy() for a, t in zip(alphas, lengths)])
         print(f"{split}\tcorr(sum(alpha) - S, tokens per second) {np.corrcoef(err, rate)[0, 1]:+.2f}")
+        # how much of the count comes from duration: least squares sum(alpha) ~ a S + b frames + c
+        design = np.stack([target, torch.cat(frames).numpy(), np.ones_like(target)], axis=1)
+        total = target + err
+        coef = np.linalg.lstsq(design, total, rcond=None)[0]
+        resid = total - design @ coef
+        print(f"{split}\tsum(alpha) ~ {coef[0]:.3f} S + {coef[1]:.4f} frames {coef[2]:+.3f} (least squares); "
+              f"|residual| < 0.5 for {100 * np.mean(np.abs(resid) < 0.5):.1f} %")
         for name, k in zip(("slow", "middle", "fast"), np.array_split(np.argsort(rate), 3)):
             print(f"{split}\t{name} third ({rate[k].min():.2f}-{rate[k].max():.2f} tokens/s)\tfire-count accuracy "
                   f"{100 * correct[k].mean():.1f} %\tmean(sum(alpha) - S) {err[k].mean():+.3f}")
