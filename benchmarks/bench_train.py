@@ -142,7 +142,8 @@ def compare(specs, preset, steps, warmup):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", nargs="+", default=list(PRESETS), help="architectures")
+    p.add_argument("--arch", nargs="+", default=["cif_tiny", "cif_conformer_paper"],
+                   help="architectures (batch shapes: the preset of that name, else cif_conformer_paper's)")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch (default: per arch)")
     p.add_argument("--frames", type=int, default=None, help="longest utterance in 10 ms frames")
     p.add_argument("--tokens", type=int, default=None, help="target tokens of the longest utterance")

@@ -100,8 +100,7 @@ def load_checkpoint(path: str, data: Optional[str] = None):
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
     except (FileNotFoundError, ValueError) as e:
         raise ExportError(f"cannot rebuild the model of {path}: {e}") from None
-    if task.trained_ctc_weight is None and cfg.get("criterion") is not None:  # saved before 2026-12-03
-        task.note_training_criterion(cfg["criterion"])
+    task.note_checkpoint(cfg)  # the CTC weight of checkpoints saved before 2026-12-03
     model = models[0].float().cpu().eval()
     return model, task, dict_path
 

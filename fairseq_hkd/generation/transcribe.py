@@ -141,8 +141,7 @@ class Recognizer:
                 "(a directory with the training dict.txt, and cmvn.npz if the model uses global CMVN)"
             )
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
-        if task.trained_ctc_weight is None and state["cfg"].get("criterion") is not None:  # saved before 2026-12-03
-            task.note_training_criterion(state["cfg"]["criterion"])
+        task.note_checkpoint(state["cfg"])  # the CTC weight of checkpoints saved before 2026-12-03
         device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
         lm_model = None
         if lm_path:

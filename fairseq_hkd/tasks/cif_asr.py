@@ -148,10 +148,11 @@ class CifAsrConfig(FairseqDataclass):
     # speed ---------------------------------------------------------------------------------------
     autocast_bf16: AUTO_YES_NO = field(
         default="no",
-        metadata={"help": "training updates under bf16 autocast on CPU: matrix products and convolutions in "
+        metadata={"help": "training updates under bf16 autocast: matrix products and convolutions in "
                           "bf16; CIF weights and integration, the distillation projections, losses and "
-                          "softmaxes in float32; parameters, gradients and Adam stay float32 (auto: when the "
-                          "CPU computes bf16 natively, AVX512-BF16 or AMX; on GPU use fairseq's --fp16/--bf16)"},
+                          "softmaxes in float32; parameters, gradients and Adam stay float32, no loss "
+                          "scaling. yes: on CPU and on GPU (fairseq 0.12's own --bf16 is for TPUs); auto: "
+                          "on a CPU that computes bf16 natively (AVX512-BF16 or AMX), off on GPU"},
     )
     # from other config groups ---------------------------------------------------------------------
     train_subset: str = II("dataset.train_subset")
@@ -409,22 +410,22 @@ class CifAsrTask(FairseqTask):
 
     def training_autocast(self, model, optimizer=None):
         """The autocast context of a training forward pass: fairseq's own CUDA autocast under
-        ``--amp`` (as FairseqTask.train_step does), bf16 on CPU per ``--autocast-bf16``, otherwise a
-        no-op (fairseq's --fp16/--bf16 cast the model instead)."""
+        ``--amp`` (as FairseqTask.train_step does), bf16 per ``--autocast-bf16`` on the model's device
+        (yes: CPU or GPU; auto: a CPU with native bf16), otherwise a no-op (fairseq's --fp16 casts the
+        model instead)."""
         from fairseq.optim.amp_optimizer import AMPOptimizer
 
         if isinstance(optimizer, AMPOptimizer):
             return torch.autocast("cuda", dtype=torch.float16)
-        on_cpu = next(model.parameters()).device.type == "cpu"
+        device = next(model.parameters()).device.type
         if self._use_bf16 is None:
             mode = self.cfg.autocast_bf16
-            self._use_bf16 = on_cpu and (mode == "yes" or (mode == "auto" and cpu_has_native_bf16()))
-            if mode == "yes" and not on_cpu:
-                raise ValueError("--autocast-bf16 is for CPU training; on GPU use fairseq's --bf16 or --fp16")
+            native = cpu_has_native_bf16() if device == "cpu" else device == "cuda" and torch.cuda.is_bf16_supported()
+            self._use_bf16 = mode == "yes" or (mode == "auto" and device == "cpu" and native)
             if mode != "no":
                 logger.info(f"training forward passes under bf16 autocast: {'on' if self._use_bf16 else 'off'} "
-                            f"(--autocast-bf16 {mode}, native CPU bf16: {cpu_has_native_bf16()})")
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._use_bf16)
+                            f"(--autocast-bf16 {mode} on {device}, native bf16: {native})")
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
         """``sample`` with edge silence (``--edge-silence-*``) and then SpecAugment applied to
@@ -479,6 +480,12 @@ class CifAsrTask(FairseqTask):
         weight = getattr(criterion_cfg, "ctc_weight", None) if weight is None else weight
         if weight is not None:
             self.trained_ctc_weight = float(weight)
+
+    def note_checkpoint(self, checkpoint_cfg) -> None:
+        """After loading a checkpoint: a checkpoint saved before 2026-12-03 has no task state, so
+        its CTC weight comes from its criterion config (``checkpoint_cfg``: the state's ``cfg``)."""
+        if self.trained_ctc_weight is None and checkpoint_cfg.get("criterion") is not None:
+            self.note_training_criterion(checkpoint_cfg["criterion"])
 
     def state_dict(self):
         return {} if self.trained_ctc_weight is None else {"trained_ctc_weight": self.trained_ctc_weight}
