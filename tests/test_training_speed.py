@@ -185,6 +185,29 @@ def test_task_autocast_modes(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
+@pytest.mark.parametrize("bf16_gpu", [True, False])
+def test_task_autocast_on_gpu(monkeypatch, bf16_gpu):
+    """--autocast-bf16 on a GPU: yes -> CUDA bf16 autocast (fairseq 0.12's --bf16 means TPU), or a
+    one-line error on a GPU without bf16; auto -> off (the CPU's rule). The model's device is faked."""
+    from types import SimpleNamespace
+
+    from fairseq_hkd.tasks.cif_asr import CifAsrTask
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda"))]))
+    for mode in ("yes", "auto", "no"):
+        task = CifAsrTask.__new__(CifAsrTask)
+        task.cfg, task._use_bf16 = SimpleNamespace(autocast_bf16=mode), None
+        if mode == "yes" and not bf16_gpu:
+            with pytest.raises(ValueError, match="does not support bf16; train with --fp16 or --amp"):
+                task.training_autocast(on_gpu)
+            continue
+        ctx = task.training_autocast(on_gpu)
+        assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+        assert task._use_bf16 == (mode == "yes"), mode
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
 def test_amp_optimizer_keeps_fairseqs_cuda_autocast():
     """--amp: the task's train_step must keep fairseq's CUDA fp16 autocast (FairseqTask.train_step
     enables it for an AMPOptimizer); overriding train_step once dropped it."""

@@ -422,6 +422,8 @@ class CifAsrTask(FairseqTask):
             mode = self.cfg.autocast_bf16
             native = cpu_has_native_bf16() if device == "cpu" else device == "cuda" and torch.cuda.is_bf16_supported()
             self._use_bf16 = mode == "yes" or (mode == "auto" and device == "cpu" and native)
+            if mode == "yes" and device == "cuda" and not native:
+                raise ValueError("--autocast-bf16 yes: this GPU does not support bf16; train with --fp16 or --amp")
             if mode != "no":
                 logger.info(f"training forward passes under bf16 autocast: {'on' if self._use_bf16 else 'off'} "
                             f"(--autocast-bf16 {mode} on {device}, native bf16: {native})")
