@@ -1,0 +1,71 @@
+"""Decode pairs of utterances joined by a pause, whole, against the same utterances one by one.
+
+Usage::
+
+    python scripts/joined_utterances.py --path exp/synth/cif/checkpoint_best.pt --data data/synth \\
+        --split heldout --pairs 40 --pause 0.5
+
+Utterances 2k and 2k+1 of the split's manifest are joined with ``--pause`` seconds of silence
+(added to the files' own edges) into one file of at most 20 s, which the transcriber decodes whole
+(no segmentation). Printed: WER of the single utterances, of the pairs, and of the singles' texts
+joined (the pair's WER if joining cost nothing); the distribution of the pair's CIF token count
+minus the singles' (fires a + fires b - 1, one </s> fewer); a few examples. It tells whether a
+model copes with segments holding more than one utterance (what the long-audio segmenter makes of
+pauses shorter than ``--min-silence``).
+"""
+import argparse
+import os
+import tempfile
+
+import editdistance
+import numpy as np
+import soundfile as sf
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--path", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="heldout")
+    p.add_argument("--pairs", type=int, default=40)
+    p.add_argument("--pause", type=float, default=0.5)
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--examples", type=int, default=4)
+    args = p.parse_args()
+
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.inputs import AudioItem
+    from fairseq_hkd.generation.transcribe import Recognizer
+
+    manifest = os.path.join(args.data, f"{args.split}.tsv")
+    rows = read_manifest(manifest)[: 2 * args.pairs]
+    rec = Recognizer.from_checkpoint(args.path, data=args.data, beam=args.beam)
+    singles = [AudioItem(r.id, r.audio, r.tgt_text) for r in rows]
+    n = len(rows) // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = []
+        for k in range(n):
+            a, sr = sf.read(rows[2 * k].audio, dtype="int16")
+            b, _ = sf.read(rows[2 * k + 1].audio, dtype="int16")
+            path = os.path.join(tmp, f"pair{k}.wav")
+            sf.write(path, np.concatenate([a, np.zeros(int(args.pause * sr), np.int16), b]), sr)
+            pairs.append(AudioItem(f"pair{k}", path, rows[2 * k].tgt_text + " " + rows[2 * k + 1].tgt_text))
+        S, P = rec.transcribe(singles), rec.transcribe(pairs)
+
+    def wer(hyps, refs):
+        return 100 * sum(editdistance.eval(h.split(), r.split()) for h, r in zip(hyps, refs)) / sum(
+            len(r.split()) for r in refs)
+
+    refs = [x.reference for x in P]
+    print(f"{args.path}: {n} pairs of {args.split}, pause {args.pause} s, beam {args.beam}")
+    print(f"WER singles {wer([x.text for x in S], [x.reference for x in S]):.2f} | pairs "
+          f"{wer([x.text for x in P], refs):.2f} | singles joined "
+          f"{wer([S[2 * k].text + ' ' + S[2 * k + 1].text for k in range(n)], refs):.2f}")
+    d = [P[k].n_fires - (S[2 * k].n_fires + S[2 * k + 1].n_fires - 1) for k in range(n)]
+    print("pair tokens - singles' tokens:", ", ".join(f"{v:+d}: {d.count(v)}" for v in sorted(set(d))))
+    for k in range(min(n, args.examples)):
+        print(f"REF    {refs[k]}\nPAIR   {P[k].text}\nSINGLE {S[2 * k].text} | {S[2 * k + 1].text}")
+
+
+if __name__ == "__main__":
+    main()
