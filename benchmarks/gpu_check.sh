@@ -50,7 +50,7 @@ setup(script_args=["build_ext", "--inplace"], ext_modules=cythonize(ext, quiet=T
 EOF
     export PYTHONPATH="$src:${PYTHONPATH:-}"
   done
-  export PYTHONPATH="$SITE:$PYTHONPATH"
+  export PYTHONPATH="$SITE:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$REPO:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
