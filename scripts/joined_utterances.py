@@ -9,7 +9,10 @@ Utterances 2k and 2k+1 of the split's manifest are joined with ``--pause`` secon
 (added to the files' own edges) into one file of at most 20 s, which the transcriber decodes whole
 (no segmentation). Printed: WER of the single utterances, of the pairs, and of the singles' texts
 joined (the pair's WER if joining cost nothing); the distribution of the pair's CIF token count
-minus the singles' (fires a + fires b - 1, one </s> fewer); a few examples. It tells whether a
+minus the singles' (fires a + fires b - 1, one </s> fewer); how many of the pair's word tokens
+fire inside the pause (between the first utterance's speech end and the second's speech start,
+50 ms in from each; speech = samples above 2 % of the file's peak) against how many of the first
+utterance's own word tokens fire after its speech end (a last word that fires late); a few examples. It tells whether a
 model copes with segments holding more than one utterance (what the long-audio segmenter makes of
 pauses shorter than ``--min-silence``).
 """
@@ -20,6 +23,12 @@ import tempfile
 import editdistance
 import numpy as np
 import soundfile as sf
+
+
+def speech_edges(x: np.ndarray, sr: int):
+    """(first, last) time in seconds of a sample above 2 % of the file's peak."""
+    loud = np.nonzero(np.abs(x.astype(np.float64)) > 0.02 * max(1, int(np.abs(x).max())))[0]
+    return loud[0] / sr, loud[-1] / sr
 
 
 def main() -> None:
@@ -43,14 +52,15 @@ def main() -> None:
     singles = [AudioItem(r.id, r.audio, r.tgt_text) for r in rows]
     n = len(rows) // 2
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = []
+        pairs, pauses = [], []
         for k in range(n):
             a, sr = sf.read(rows[2 * k].audio, dtype="int16")
             b, _ = sf.read(rows[2 * k + 1].audio, dtype="int16")
             path = os.path.join(tmp, f"pair{k}.wav")
             sf.write(path, np.concatenate([a, np.zeros(int(args.pause * sr), np.int16), b]), sr)
             pairs.append(AudioItem(f"pair{k}", path, rows[2 * k].tgt_text + " " + rows[2 * k + 1].tgt_text))
-        S, P = rec.transcribe(singles), rec.transcribe(pairs)
+            pauses.append((speech_edges(a, sr)[1], len(a) / sr + args.pause + speech_edges(b, sr)[0]))
+        S, P = rec.transcribe(singles, timestamps=True), rec.transcribe(pairs, timestamps=True)
 
     def wer(hyps, refs):
         return 100 * sum(editdistance.eval(h.split(), r.split()) for h, r in zip(hyps, refs)) / sum(
@@ -63,6 +73,11 @@ def main() -> None:
           f"{wer([S[2 * k].text + ' ' + S[2 * k + 1].text for k in range(n)], refs):.2f}")
     d = [P[k].n_fires - (S[2 * k].n_fires + S[2 * k + 1].n_fires - 1) for k in range(n)]
     print("pair tokens - singles' tokens:", ", ".join(f"{v:+d}: {d.count(v)}" for v in sorted(set(d))))
+    in_pause = [sum(end + 0.05 < t < start - 0.05 for t in P[k].token_times) for k, (end, start) in enumerate(pauses)]
+    late = [sum(t > end + 0.05 for t in S[2 * k].token_times) for k, (end, _) in enumerate(pauses)]
+    print("pair word tokens firing inside the pause:", ", ".join(f"{v}: {in_pause.count(v)}" for v in sorted(set(in_pause))),
+          "| first utterance alone, word tokens firing after its speech end:",
+          ", ".join(f"{v}: {late.count(v)}" for v in sorted(set(late))))
     for k in range(min(n, args.examples)):
         print(f"REF    {refs[k]}\nPAIR   {P[k].text}\nSINGLE {S[2 * k].text} | {S[2 * k + 1].text}")
 
