@@ -17,10 +17,10 @@ model copes with segments holding more than one utterance (what the long-audio s
 pauses shorter than ``--min-silence``).
 """
 import argparse
+import dataclasses
 import os
 import tempfile
 
-import editdistance
 import numpy as np
 import soundfile as sf
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     from fairseq_hkd.data.manifest import read_manifest
     from fairseq_hkd.generation.inputs import AudioItem
-    from fairseq_hkd.generation.transcribe import Recognizer
+    from fairseq_hkd.generation.transcribe import Recognizer, error_rates
 
     manifest = os.path.join(args.data, f"{args.split}.tsv")
     rows = read_manifest(manifest)[: 2 * args.pairs]
@@ -62,15 +62,11 @@ def main() -> None:
             pauses.append((speech_edges(a, sr)[1], len(a) / sr + args.pause + speech_edges(b, sr)[0]))
         S, P = rec.transcribe(singles, timestamps=True), rec.transcribe(pairs, timestamps=True)
 
-    def wer(hyps, refs):
-        return 100 * sum(editdistance.eval(h.split(), r.split()) for h, r in zip(hyps, refs)) / sum(
-            len(r.split()) for r in refs)
-
+    joined = [dataclasses.replace(P[k], text=S[2 * k].text + " " + S[2 * k + 1].text) for k in range(n)]
     refs = [x.reference for x in P]
     print(f"{args.path}: {n} pairs of {args.split}, pause {args.pause} s, beam {args.beam}")
-    print(f"WER singles {wer([x.text for x in S], [x.reference for x in S]):.2f} | pairs "
-          f"{wer([x.text for x in P], refs):.2f} | singles joined "
-          f"{wer([S[2 * k].text + ' ' + S[2 * k + 1].text for k in range(n)], refs):.2f}")
+    print(f"WER singles {error_rates(S)['wer']:.2f} | pairs {error_rates(P)['wer']:.2f} | singles joined "
+          f"{error_rates(joined)['wer']:.2f}")
     d = [P[k].n_fires - (S[2 * k].n_fires + S[2 * k + 1].n_fires - 1) for k in range(n)]
     print("pair tokens - singles' tokens:", ", ".join(f"{v:+d}: {d.count(v)}" for v in sorted(set(d))))
     in_pause = [sum(end + 0.05 < t < start - 0.05 for t in P[k].token_times) for k, (end, start) in enumerate(pauses)]

@@ -5,22 +5,20 @@
   those of the same model on the CPU (the PyTorch CIF path); float32 with TF32 off on both.
 - test_train_and_generate_on_cuda: fairseq-train on the GPU (fp32, ``--fp16``, ``--amp``, and bf16
   autocast ``--autocast-bf16 yes``; fairseq 0.12's own ``--bf16`` means TPU) overfits
-  the tiny corpus (the loss falls to a fraction of its first value, no update is skipped for good),
+  the tiny corpus (the loss falls below 0.35 of its first value; float16 overflows may skip a few updates),
   and fairseq-generate of the fp32 checkpoint on CUDA writes the same hypotheses as with ``--cpu``.
 
 Run on a GPU machine with ``python -m pytest tests/test_gpu.py tests/test_cif_op_triton.py``.
 """
 import copy
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from train_runs import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -94,19 +92,15 @@ def _train(data: Path, save_dir: Path, *extra: str) -> str:
            "--max-tokens", "20000", "--max-epoch", "150", "--spec-aug-prob", "0",
            "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0",
            "--seed", "1", "--log-interval", "1", "--log-format", "json", "--no-progress-bar", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return run(cmd, timeout=900)
 
 
 def _generate(data: Path, ckpt: Path, *extra: str):
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", USER_DIR, "--task", "cif_asr",
            "--path", str(ckpt), "--gen-subset", "train", "--beam", "4", "--scoring", "wer",
            "--num-workers", "0", "--batch-size", "3", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    hyps = {int(i): (float(s), h) for i, s, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", proc.stdout, re.M)}
-    return hyps, proc.stdout
+    out = run(cmd, timeout=600)
+    return {int(i): (float(s), h) for i, s, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", out, re.M)}, out
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,7 @@ def test_train_and_generate_on_cuda(gpu_corpus, tmp_path, precision):
         return
     ckpt = tmp_path / "ckpt" / "checkpoint_last.pt"
     gpu, out_gpu = _generate(gpu_corpus, ckpt)
-    cpu, out_cpu = _generate(gpu_corpus, ckpt, "--cpu")
+    cpu, _ = _generate(gpu_corpus, ckpt, "--cpu")
     assert len(gpu) == 4 and gpu.keys() == cpu.keys()
     assert {i: h for i, (_, h) in gpu.items()} == {i: h for i, (_, h) in cpu.items()}
     for i in gpu:
