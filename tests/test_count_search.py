@@ -46,16 +46,17 @@ def test_ctc_scores_equal_the_sum_over_all_alignments():
     a, b, c = (d.index(s) for s in "abc")
     eos, pad = d.eos(), d.pad()
     # M = 2 candidates x B = 2 utterances, row m * B + b; tokens end with </s>, padded after
-    hyps = [[a, b, eos], [c, eos], [a, a, b, eos], [a, b, a, b, c, eos]]  # the last: 5 tokens in 4 frames
+    hyps = [[a, b, eos], [c, eos], [a, a, b, eos], [a, b, a, b, c, eos],  # the 4th: 5 tokens in 4 frames
+            [a, eos, b, eos], [eos, c, eos]]  # inner </s> (sentence boundaries): CTC scores them without it
     width = max(map(len, hyps))
     tokens = torch.tensor([h + [pad] * (width - len(h)) for h in hyps])
     lengths = torch.tensor([len(h) for h in hyps])
     with torch.no_grad():
-        got = gen.ctc_scores(enc, tokens, lengths, m=2)
+        got = gen.ctc_scores(enc, tokens, lengths, m=3)
         lprobs = torch.log_softmax(model.forward_ctc(enc).double(), -1)
     for row, h in enumerate(hyps):
         utt = row % 2
-        ref = ctc_brute_force(lprobs[utt, : frames[utt]], h[:-1], d.bos())
+        ref = ctc_brute_force(lprobs[utt, : frames[utt]], [t for t in h[:-1] if t != eos], d.bos())
         if ref == -math.inf:
             assert got[row] == -math.inf
         else:

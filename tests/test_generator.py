@@ -96,16 +96,17 @@ def step_lprobs(model, c, prefix):
     return lp
 
 
-def all_hypotheses(model, c, L, eos_slack=0):
+def all_hypotheses(model, c, L, eos_slack=0, inner_eos=False):
     """Every hypothesis under the documented rules, with its float64 score (brute force): L steps,
     </s> chosen only at step L - 1 (or L - 2 with eos_slack 1) and ending the hypothesis, </s>
-    appended after a last step that chose another token."""
+    appended after a last step that chose another token. inner_eos: every hypothesis runs all L
+    steps, </s> allowed at any of them (a sentence boundary)."""
     d = model.decoder.dictionary
     allowed = [i for i in range(len(d)) if i not in (d.bos(), d.pad())]
     out = {}
-    for m in range(1, L + 1):
+    for m in range(max(L, 1) if inner_eos else 1, L + 1):
         for seq in itertools.product(allowed, repeat=m):
-            if d.eos() in seq[:-1]:
+            if d.eos() in seq[:-1] and not inner_eos:
                 continue
             if seq[-1] == d.eos() and m - 1 < L - 1 - eos_slack:  # </s> chosen too early
                 continue
@@ -122,17 +123,17 @@ def all_hypotheses(model, c, L, eos_slack=0):
     return sorted(out.items(), key=lambda kv: -kv[1])
 
 
-def greedy_reference(model, c, L, eos_slack=0):
+def greedy_reference(model, c, L, eos_slack=0, inner_eos=False):
     d = model.decoder.dictionary
     prefix, scores = [d.eos()], []
     for i in range(L):
         lp = step_lprobs(model, c, prefix)
-        if i < L - 1 - eos_slack:
+        if i < L - 1 - eos_slack and not inner_eos:
             lp[d.eos()] = -math.inf
         tok = int(lp.argmax())
         prefix.append(tok)
         scores.append(float(lp[tok]))
-        if tok == d.eos():
+        if tok == d.eos() and not inner_eos:
             break
     if prefix[-1] != d.eos() or len(prefix) == 1:
         prefix.append(d.eos())
@@ -140,8 +141,8 @@ def greedy_reference(model, c, L, eos_slack=0):
     return prefix[1:], scores
 
 
-def run(model, d, x, lengths, beam, nbest=1, eos_slack=0):
-    gen = CifGenerator([model], d, beam_size=beam, nbest=nbest, eos_slack=eos_slack)
+def run(model, d, x, lengths, beam, nbest=1, eos_slack=0, inner_eos=False):
+    gen = CifGenerator([model], d, beam_size=beam, nbest=nbest, eos_slack=eos_slack, inner_eos=inner_eos)
     return gen.generate([model], {"net_input": {"src_tokens": x, "src_lengths": lengths}})
 
 
@@ -177,6 +178,44 @@ def test_exhaustive_beam_equals_brute_force(seed, eos_slack):
         assert [t for t, _ in got] == [t for t, _ in ref]
         for (_, s), (_, rs) in zip(got, ref):
             assert s == pytest.approx(rs, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inner_eos_greedy_matches_reference_loop(seed):
+    """inner_eos (a model trained with sentence joins): </s> competes at every step, and a chosen
+    inner </s> does not end the hypothesis; the reference loop runs all L steps."""
+    d = make_dict(8)
+    model = MockModel(d, seed=seed)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 3.0  # </s> often the argmax at inner steps
+    x, lengths = make_batch([5, 0, 3, 7, 1], seed=seed)
+    hypos = run(model, d, x, lengths, beam=1, inner_eos=True)
+    inner = 0
+    for b in range(len(lengths)):
+        ref_tokens, ref_scores = greedy_reference(model, x[b], int(lengths[b]), inner_eos=True)
+        (h,) = hypos[b]
+        assert h["tokens"].tolist() == ref_tokens
+        torch.testing.assert_close(h["positional_scores"].double(), torch.tensor(ref_scores, dtype=torch.float64), atol=1e-4, rtol=0)
+        inner += ref_tokens[:-1].count(d.eos())
+    assert inner > 0  # the case is exercised
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_inner_eos_exhaustive_beam_equals_brute_force(seed):
+    d = make_dict(3)
+    model = MockModel(d, seed=seed)
+    with torch.no_grad():
+        model.decoder.bias[d.eos()] = 1.0
+    x, lengths = make_batch([3, 1, 2, 0], seed=seed)
+    nbest = 4
+    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest, inner_eos=True)
+    for b in range(len(lengths)):
+        ref = all_hypotheses(model, x[b], int(lengths[b]), inner_eos=True)[:nbest]
+        got = [(tuple(h["tokens"].tolist()), h["score"]) for h in hypos[b]]
+        assert [t for t, _ in got] == [t for t, _ in ref]
+        for (_, s), (_, rs) in zip(got, ref):
+            assert s == pytest.approx(rs, abs=1e-4)
+    assert any(d.eos() in h["tokens"].tolist()[:-1] for hs in hypos for h in hs)  # the case is exercised
 
 
 def test_batch_equals_one_by_one():
@@ -263,24 +302,27 @@ def test_hypothesis_format():
             assert h["fires"].tolist() == list(range(int(lengths[b])))
 
 
-@pytest.mark.parametrize("eos_slack", [0, 1])
-def test_nar_argmax(eos_slack):
+@pytest.mark.parametrize("eos_slack,inner_eos", [(0, False), (1, False), (0, True)])
+def test_nar_argmax(eos_slack, inner_eos):
     d = make_dict(5)
     model = MockModel(d, seed=6, autoregressive=False)
     with torch.no_grad():
         model.decoder.bias[d.eos()] = 2.0
     x, lengths = make_batch([6, 3, 0], seed=6)
-    hypos = run(model, d, x, lengths, beam=5, eos_slack=eos_slack)
+    hypos = run(model, d, x, lengths, beam=5, eos_slack=eos_slack, inner_eos=inner_eos)
     for b in range(len(lengths)):
         L = int(lengths[b])
         eos_prefix = [d.eos()] * (L + 1)
         logits, _ = model.decoder(torch.tensor([eos_prefix[:L]], dtype=torch.long), x[b : b + 1, :L], None)
         lp = torch.log_softmax(logits[0], -1)
         lp[:, d.bos()] = lp[:, d.pad()] = -math.inf
-        for i in range(L - 1 - eos_slack):
+        for i in range(0 if inner_eos else L - 1 - eos_slack):
             lp[i, d.eos()] = -math.inf
         ref = lp.argmax(-1).tolist()
-        ref = ref[: ref.index(d.eos()) + 1] if d.eos() in ref else ref + [d.eos()]
+        if inner_eos:  # all L steps, </s> appended unless the last step chose it
+            ref = ref if ref and ref[-1] == d.eos() else ref + [d.eos()]
+        else:
+            ref = ref[: ref.index(d.eos()) + 1] if d.eos() in ref else ref + [d.eos()]
         (h,) = hypos[b]
         assert h["tokens"].tolist() == ref
 

@@ -12,6 +12,7 @@ Run on a GPU machine with ``python -m pytest tests/test_gpu.py tests/test_cif_op
 """
 import copy
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -136,3 +137,20 @@ def test_train_and_generate_on_cuda(gpu_corpus, tmp_path, precision):
         assert gpu[i][0] == pytest.approx(cpu[i][0], abs=1e-3)
     wer = re.search(r"WER: ([0-9.]+)", out_gpu)
     print(f"generate on the training utterances: WER {wer.group(1) if wer else '?'} (CPU and GPU agree)")
+
+
+def test_sentence_joins_train_and_decode_on_cuda(gpu_corpus, tmp_path):
+    """--join-prob on CUDA: the joined batches (built from the CUDA sample) train, and the
+    checkpoint decodes with inner </s> allowed (auto) to the same hypotheses on CUDA and CPU."""
+    log = _train(gpu_corpus, tmp_path / "ckpt", "--cmvn", "none", "--join-prob", "1", "--max-epoch", "80")
+    losses = [float(json.loads(m)["loss"]) for m in re.findall(r"\| train_inner \| (\{.*\})\s*$", log, re.M)]
+    assert len(losses) >= 80 and all(math.isfinite(x) for x in losses), log[-2000:]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print(f"joins: {len(losses)} updates, loss {first:.3f} -> {last:.3f}")
+    assert last < 0.5 * first, (first, last)
+    ckpt = tmp_path / "ckpt" / "checkpoint_last.pt"
+    gpu, _ = _generate(gpu_corpus, ckpt, "--cmvn", "none")
+    cpu, _ = _generate(gpu_corpus, ckpt, "--cmvn", "none", "--cpu")
+    assert len(gpu) == 4 and {i: h for i, (_, h) in gpu.items()} == {i: h for i, (_, h) in cpu.items()}
+    for i in gpu:
+        assert gpu[i][0] == pytest.approx(cpu[i][0], abs=1e-3)

@@ -81,15 +81,23 @@ def _random_model(decoder_type="autoregressive", vocab=12, **overrides):
 
 
 @pytest.mark.parametrize("beam,eos_slack", [(1, 0), (3, 0), (5, 1)])
-def test_search_matches_generator(beam, eos_slack):
+def test_search_matches_generator(beam, eos_slack, inner_eos=False):
     """The numpy beam search driven by the exported step module (run in PyTorch) chooses the
     generator's tokens; lengths include 0 and 1 (an utterance that did not fire)."""
     from fairseq_hkd.export.graphs import DecoderStepGraph
     from fairseq_hkd.generation.cif_generator import CifGenerator
 
     model, d = _random_model()
+    if inner_eos:  # </s> often the best token, so that inner ones occur
+        proj = model.decoder.output_projection
+        biased = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
+        with torch.no_grad():
+            biased.weight.copy_(proj.weight)
+            biased.bias.zero_()
+            biased.bias[d.eos()] = 2.0
+        model.decoder.output_projection = biased
     step = DecoderStepGraph(model)
-    gen = CifGenerator([model], d, beam_size=beam, eos_slack=eos_slack)
+    gen = CifGenerator([model], d, beam_size=beam, eos_slack=eos_slack, inner_eos=inner_eos)
     torch.manual_seed(1)
     lengths = torch.tensor([7, 0, 3, 1, 9])
     emb = torch.randn(5, 9, model.encoder_embed_dim) * (torch.arange(9)[None, :, None] < lengths[:, None, None])
@@ -102,11 +110,19 @@ def test_search_matches_generator(beam, eos_slack):
 
     attn = model.decoder.layers[0].self_attn
     hyps = beam_search(step_fn, emb.numpy(), lengths.numpy(), beam, len(d),
-                       (len(model.decoder.layers), attn.num_heads, attn.head_dim), d.bos(), d.pad(), d.eos(), eos_slack)
+                       (len(model.decoder.layers), attn.num_heads, attn.head_dim), d.bos(), d.pad(), d.eos(), eos_slack,
+                       inner_eos)
     for b, hyp in enumerate(hyps):
         n = int(ref.lengths[b, 0])
         assert hyp.tokens.tolist() == ref.tokens[b, 0, :n].tolist(), b
         assert hyp.score == pytest.approx(float(ref.scores[b, 0]), abs=1e-4)
+    if inner_eos:
+        assert any(d.eos() in hyp.tokens[:-1].tolist() for hyp in hyps)  # the case is exercised
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_search_with_inner_eos_matches_generator(beam):
+    test_search_matches_generator(beam, 0, inner_eos=True)
 
 
 # 2. export of the trained tiny model -------------------------------------------------------------

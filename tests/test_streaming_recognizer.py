@@ -161,3 +161,37 @@ def test_stream_search_equals_the_generator_whatever_the_arrival(beam, slack):
     assert s.steps == 9 - 1 - slack  # all but the steps where </s> may compete
     assert s.finish(9) == ref_tokens
     assert ref_tokens[: len(fixed)] == fixed
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_stream_search_with_inner_eos_equals_the_generator(beam):
+    """A model trained with sentence joins (inner </s> allowed): every step runs as soon as its c_i
+    is in, and the stream ends with the generator's hypothesis, sentence boundaries left out."""
+    from fairseq_hkd.generation.stream_search import StreamingSearch
+
+    m = _model(seed=5)
+    eos = m.decoder.dictionary.eos()
+    proj = m.decoder.output_projection
+    biased = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
+    with torch.no_grad():  # </s> often the best token, so that inner ones occur
+        biased.weight.copy_(proj.weight)
+        biased.bias.zero_()
+        biased.bias[eos] = 2.0
+    m.decoder.output_projection = biased
+    g = CifGenerator([m], m.decoder.dictionary, beam_size=beam, inner_eos=True)
+    emb = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = g.beam_search(emb, torch.tensor([9]))
+    ref_tokens = ref.tokens[0, 0, : int(ref.lengths[0, 0])].tolist()
+    assert eos in ref_tokens[:-1]  # the case is exercised
+    s = StreamingSearch(g)
+    fixed = []
+    for i in range(0, 9, 2):
+        s.add(emb[0, i:i + 2])
+        s.advance(min(i + 2, 9))
+        assert s.steps == min(i + 2, 9)  # no step waits for the end
+        assert s.fixed()[: len(fixed)] == fixed and eos not in s.fixed()
+        fixed = s.fixed()
+    want = [t for t in ref_tokens if t != eos]
+    assert s.finish(9) == want
+    assert want[: len(fixed)] == fixed

@@ -121,3 +121,30 @@ def test_too_short_audio_is_rejected_with_its_name(trained_cif, tmp_path):
     rec = Recognizer.from_checkpoint(str(trained_cif.ckpt), beam=1, cpu=True)
     with pytest.raises(ValueError, match="short.wav"):
         rec.transcribe([str(short)])
+
+
+def test_inner_eos_is_a_boundary_not_a_token(trained_cif):
+    """An inner </s> (a sentence boundary of a model trained with sentence joins) is left out of the
+    text, and every emitted token keeps the time of its own fire: the hypothesis of a real decoding
+    with one token turned into </s> gives the other tokens with their original times."""
+    from fairseq_hkd.generation.transcribe import Recognizer, read_inputs
+
+    rec = Recognizer.from_checkpoint(str(trained_cif.ckpt), beam=2, cpu=True, inner_eos="yes")
+    assert rec.generator.inner_eos
+    assert not Recognizer.from_checkpoint(str(trained_cif.ckpt), beam=2, cpu=True).generator.inner_eos  # auto
+    items = read_inputs([], str(trained_cif.data / "valid.tsv"))[:1]
+    (plain,) = rec.transcribe(items, timestamps=True)
+    assert len(plain.symbols) >= 3
+    decode = rec.generator.decode
+
+    def with_a_boundary(*args, **kw):
+        out = decode(*args, **kw)
+        out.hypos[0][0]["tokens"] = out.hypos[0][0]["tokens"].clone()
+        out.hypos[0][0]["tokens"][1] = rec.tgt_dict.eos()
+        return out
+
+    rec.generator.decode = with_a_boundary
+    (got,) = rec.transcribe(items, timestamps=True)
+    assert got.symbols == plain.symbols[:1] + plain.symbols[2:]
+    assert got.token_times == plain.token_times[:1] + plain.token_times[2:]
+    assert "</s>" not in got.text

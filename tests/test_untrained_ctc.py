@@ -48,7 +48,7 @@ def _generator_weight(path, data):
 
 def test_checkpoint_records_the_training_ctc_weight(trained_cif):
     state = torch.load(trained_cif.ckpt, map_location="cpu", weights_only=False)
-    assert state["task_state"] == {"trained_ctc_weight": 0.5}  # fairseq-train --criterion cif (default 0.5)
+    assert state["task_state"] == {"trained_ctc_weight": 0.5, "trained_join_prob": 0.0}  # --criterion cif (CTC 0.5)
     assert _generator_weight(trained_cif.ckpt, trained_cif.data) == 0.7  # trained with CTC: the option's
 
 

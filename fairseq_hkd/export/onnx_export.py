@@ -272,7 +272,7 @@ def export_model_dir(model, task, dict_path: str, out_dir: str, quantize: Option
                        "eos": dictionary.eos(), "unk": dictionary.unk()},
         "cif": {"threshold": float(model.cif.threshold), "tail_threshold": float(model.cif.tail_threshold)},
         "search": {"eos_slack": int(task.cfg.cif_eos_slack), "count_search": int(task.cfg.cif_count_search),
-                   "ctc_weight": task.decoding_ctc_weight()},
+                   "ctc_weight": task.decoding_ctc_weight(), "inner_eos": task.decoding_inner_eos()},
         "encoder": {"downsample": int(model.encoder.downsample), "embed_dim": int(model.encoder_embed_dim)},
         "decoder": {"type": "autoregressive" if ar else "non_autoregressive", "layers": len(model.decoder.layers),
                     "heads": int(attn.num_heads), "head_dim": int(attn.head_dim)},

@@ -28,6 +28,13 @@ predicts ``</s>``. At inference:
 
 ``eos_slack`` comes from the task option ``--cif-eos-slack`` (default 0).
 
+A model trained with sentence joins (``--join-prob``, data/sentence_joins.py) has seen ``</s>`` inside
+a target, between two sentences of one segment. With ``inner_eos`` (task option ``--cif-inner-eos``,
+auto = on for such a model) ``</s>`` competes at every step like any token and ends a hypothesis
+only at its last step: an inner ``</s>`` is a sentence boundary, stripped from the text with the
+final one (``eos_slack`` does not apply). CTC scores of the count search drop inner ``</s>``, as
+CTC training does; streaming (stream_search.py) follows the same rule.
+
 How the count is chosen (``count_search``, task option ``--cif-count-search``, default 1)
 ----------------------------------------------------------------------------------------
 Training always scales the weights to sum to the target length S_b, so each token integrates
@@ -113,14 +120,14 @@ class CifDecodeOutput:
 
 def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] = None,
                         eos_slack: int = 0, lm_model=None, dict_path: Optional[str] = None,
-                        count_search: int = -1, ctc_weight: float = 0.0) -> "CifGenerator":
+                        count_search: int = -1, ctc_weight: float = 0.0, inner_eos: bool = False) -> "CifGenerator":
     """The task's ``build_generator`` hook: read fairseq's generation options from ``args``.
 
     ``args`` is fairseq's GenerationConfig (or an argparse Namespace); uses ``beam``, ``nbest``,
     ``print_alignment``, ``lm_path`` and ``lm_weight``. ``tail_threshold``: None = the model's
     ``cif_tail_threshold`` (fairseq-generate changes it with ``--model-overrides``); ``eos_slack``
     comes from the task option ``--cif-eos-slack``, ``count_search`` and ``ctc_weight`` from
-    ``--cif-count-search`` and ``--cif-ctc-weight``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
+    ``--cif-count-search`` and ``--cif-ctc-weight``, ``inner_eos`` from ``--cif-inner-eos``. ``lm_model``: the LM fairseq-generate loaded for ``--lm-path`` (its
     ``extra_gen_cls_kwargs["lm_model"]``); None with ``lm_path`` set: loaded here
     (``lm_fusion.load_lm``). ``dict_path``: the ASR dict.txt (named in dictionary errors).
     """
@@ -150,7 +157,7 @@ def build_cif_generator(models, args, tgt_dict, tail_threshold: Optional[float] 
         logger.warning("--lm-weight %g without --lm-path: no language model is used", lm_weight)
     return CifGenerator(models, tgt_dict, beam_size=beam, nbest=nbest, hard_alignment=print_alignment == "hard",
                         tail_threshold=tail_threshold, eos_slack=eos_slack, lm_model=lm_model, lm_weight=lm_weight,
-                        count_search=count_search, ctc_weight=ctc_weight)
+                        count_search=count_search, ctc_weight=ctc_weight, inner_eos=inner_eos)
 
 
 class CifGenerator:
@@ -169,13 +176,16 @@ class CifGenerator:
         lm_weight: float = 0.0,
         count_search: int = -1,
         ctc_weight: float = 0.0,
+        inner_eos: bool = False,
     ):
         """models: a one-model list; tail_threshold: None = the model's configured value;
         hard_alignment: fill ``alignment`` with (encoder frame, token index) pairs; eos_slack:
         ``</s>`` may end a hypothesis at the last step or up to this many steps before it (0 or 1);
         lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py;
         weight 0 or no model: none); count_search, ctc_weight: how the CIF count is chosen (module
-        docstring; -1: the raw weights' count, the API's default)."""
+        docstring; -1: the raw weights' count, the API's default); inner_eos: ``</s>`` also competes
+        at inner steps as a sentence boundary and does not end the hypothesis (a model trained with
+        sentence joins; module docstring)."""
         if len(models) != 1:
             raise NotImplementedError(
                 f"CIF decoding takes one model, got an ensemble of {len(models)}: CIF fire counts "
@@ -201,6 +211,7 @@ class CifGenerator:
         self.tail_threshold = tail_threshold
         self.hard_alignment = hard_alignment
         self.eos_slack = eos_slack
+        self.inner_eos = bool(inner_eos)
         self.eos = tgt_dict.eos()
         self.pad = tgt_dict.pad()
         self.bos = tgt_dict.bos()
@@ -305,7 +316,8 @@ class CifGenerator:
         return self.search(cif.embeddings, cif.lengths), cif
 
     def ctc_scores(self, encoder_out: Dict[str, Tensor], tokens: Tensor, lengths: Tensor, m: int) -> Tensor:
-        """CTC sequence log-likelihood of each hypothesis (its tokens before ``</s>``).
+        """CTC sequence log-likelihood of each hypothesis (its tokens before the final ``</s>``, inner
+        ``</s>`` dropped: CTC was trained without them).
 
         encoder_out: B utterances; tokens [M * B, W] and lengths [M * B] (incl. ``</s>``; 0 = none)
         for the M candidates of every utterance (row c * B + b). -> [M * B] float32, -inf where the
@@ -313,9 +325,12 @@ class CifGenerator:
         """
         lprobs = F.log_softmax(self.model.forward_ctc(encoder_out).float(), dim=-1)  # [B, T', V]
         frames = encoder_out["encoder_lengths"]
-        n = (lengths - 1).clamp(min=0)  # tokens before </s>
-        width = max(int(n.max().item()), 1) if n.numel() else 1
-        targets = tokens[:, :width].clone()
+        width = max(int(lengths.max().item()), 1) if lengths.numel() else 1
+        tokens = tokens[:, :width]
+        keep = (torch.arange(width, device=tokens.device)[None, :] < (lengths - 1)[:, None]) & (tokens != self.eos)
+        n = keep.sum(dim=1)  # tokens before the final </s>, inner </s> out
+        order = torch.argsort((~keep).int(), dim=1, stable=True)  # the kept tokens first, in order
+        targets = tokens.gather(1, order)
         targets[torch.arange(width, device=tokens.device)[None, :] >= n[:, None]] = self.pad
         loss = F.ctc_loss(torch.cat([lprobs] * m, dim=0).transpose(0, 1), targets, frames.repeat(m), n,
                           blank=self.bos, reduction="none", zero_infinity=False)
@@ -401,8 +416,9 @@ class CifGenerator:
             lprobs = self._lprobs(logits[:, -1, :])
             if lm is not None:
                 lprobs = lprobs + lm.weight * lm_lprobs  # shallow fusion (<s>, <pad> stay -inf)
-            early = row_len - 1 - self.eos_slack > step  # </s> not allowed yet
-            lprobs[:, self.eos] = torch.where(early, float("-inf"), lprobs[:, self.eos])
+            if not self.inner_eos:
+                early = row_len - 1 - self.eos_slack > step  # </s> not allowed yet
+                lprobs[:, self.eos] = torch.where(early, float("-inf"), lprobs[:, self.eos])
             lprobs = torch.where(finished[:, None], stay[None, :], lprobs)
 
             # 3. Best K continuations of each utterance among its K * V candidates.
@@ -428,7 +444,8 @@ class CifGenerator:
 
             # 5. Finish on </s>, or after the last CIF step (</s> appended at no cost).
             last = row_len == step + 1
-            newly = ~finished & ((new_tok == self.eos) | last)
+            ends = last if self.inner_eos else (new_tok == self.eos) | last  # inner </s>: a sentence boundary
+            newly = ~finished & ends
             append = newly & (new_tok != self.eos)
             tokens[:, step + 2] = torch.where(append, self.eos, tokens[:, step + 2])
             finished = finished | newly
@@ -472,9 +489,11 @@ class CifGenerator:
         rows = (torch.arange(bsz, device=scores.device)[:, None] * K + idx).view(-1)
         tok = tokens[rows, 1:].view(bsz, self.nbest, width - 1)
         pos = pos[rows].view(bsz, self.nbest, width - 1)
-        # Length = up to and including the first </s>.
+        # Length = up to and including the last </s> (the first, unless inner </s> are allowed: a finished
+        # hypothesis holds only <pad> after its final </s>).
         is_eos = tok == self.eos
-        n = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, torch.zeros_like(best, dtype=torch.long))
+        last_eos = width - 2 - is_eos.flip(-1).int().argmax(-1)
+        n = torch.where(is_eos.any(-1), last_eos + 1, torch.zeros_like(best, dtype=torch.long))
         n = torch.where(torch.isfinite(best), n, torch.zeros_like(n))
         return CifSearchResult(tok, n, best, pos)
 
@@ -489,12 +508,14 @@ class CifGenerator:
         lprobs = F.log_softmax(logits.float(), dim=-1)
         lprobs[..., self.bos] = float("-inf")
         lprobs[..., self.pad] = float("-inf")
-        early = torch.arange(max_len, device=device)[None, :] < (lengths - 1 - self.eos_slack)[:, None]
-        lprobs[..., self.eos] = lprobs[..., self.eos].masked_fill(early, float("-inf"))
+        if not self.inner_eos:
+            early = torch.arange(max_len, device=device)[None, :] < (lengths - 1 - self.eos_slack)[:, None]
+            lprobs[..., self.eos] = lprobs[..., self.eos].masked_fill(early, float("-inf"))
         best, tok = lprobs.max(dim=-1)  # [B, N]
         tok = tok.masked_fill(pad_mask, self.pad)
-        # Cut after the first </s>; append </s> where none was predicted.
-        is_eos = tok == self.eos
+        # Cut after the first </s> (inner </s> allowed: after the last step); append </s> where none ends it.
+        is_eos = (tok == self.eos) & (~pad_mask if not self.inner_eos else
+                                      torch.arange(max_len, device=device)[None, :] == (lengths - 1)[:, None])
         first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), lengths)
         keep = torch.arange(max_len, device=device)[None, :] <= first_eos[:, None]
         keep &= ~pad_mask

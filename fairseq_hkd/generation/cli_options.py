@@ -21,13 +21,16 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_count_args(p: argparse.ArgumentParser, default_from: str) -> None:
-    """--count-search, --ctc-weight (None: the model's, ``default_from`` says where it comes from)."""
+    """--count-search, --ctc-weight (None: the model's, ``default_from`` says where it comes from), --inner-eos."""
     p.add_argument("--count-search", type=int, default=None, metavar="R",
                    help="try CIF counts L-R..L+R, the weights scaled to each as in training, and keep the best by "
                         f"--ctc-weight; 0: scaled to L only; -1: the raw weights' count (default: {default_from})")
     p.add_argument("--ctc-weight", type=float, default=None, metavar="W",
                    help="a candidate count scores W * CTC + (1 - W) * decoder log-likelihood of its best hypothesis "
                         f"(default: {default_from})")
+    p.add_argument("--inner-eos", choices=["auto", "yes", "no"], default="auto",
+                   help="</s> may also be chosen inside a segment, as a sentence boundary dropped from the text "
+                        "(auto: yes for a model trained with sentence joins, --join-prob > 0)")
 
 
 def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:

@@ -14,6 +14,10 @@ the rest run at :meth:`StreamingSearch.finish`. So the text lags the fires by at
 
 Fixed text: greedy: every step run so far; beam: the longest prefix shared by all K hypotheses (no
 later step can change it).
+
+With the generator's ``inner_eos`` (a model trained with sentence joins) ``</s>`` competes at every
+step and ends nothing before the last one, so each step runs as soon as its c_i is in; inner ``</s>``
+(sentence boundaries) are left out of the returned tokens.
 """
 from typing import Dict, List, Optional
 
@@ -57,7 +61,7 @@ class StreamingSearch:
         """Run every step that is certainly not one where ``</s>`` competes, given L >= ``min_tokens``."""
         if not self.g.autoregressive:
             return  # the NAR decoder attends to all tokens: decoded at finish
-        limit = min(min_tokens - 1 - self.g.eos_slack, self.n_tokens)
+        limit = self.n_tokens if self.g.inner_eos else min(min_tokens - 1 - self.g.eos_slack, self.n_tokens)
         while self.steps < limit:
             self._step(last_len=None)
 
@@ -79,7 +83,7 @@ class StreamingSearch:
                                  incremental_state=self.incremental_state)
         lprobs = g._lprobs(logits[:, -1, :])
         row_len = n if last_len is None else last_len
-        if last_len is None or row_len - 1 - g.eos_slack > step:  # </s> not allowed yet
+        if not g.inner_eos and (last_len is None or row_len - 1 - g.eos_slack > step):  # </s> not allowed yet
             lprobs[:, g.eos] = float("-inf")
         stay = torch.full((V,), float("-inf"), device=lprobs.device)
         stay[g.pad] = 0.0
@@ -94,7 +98,8 @@ class StreamingSearch:
         self.tokens = torch.cat([self.tokens, new_tok[:, None]], dim=1)
         self.scores = top_scores.view(-1)
         if last_len is not None:
-            self.finished = self.finished | (new_tok == g.eos) | (last_len == step + 1)
+            ends = (new_tok == g.eos) & (not g.inner_eos)  # an inner </s> is a sentence boundary
+            self.finished = self.finished | ends | (last_len == step + 1)
         self.steps += 1
 
     def fixed(self) -> List[int]:
@@ -106,7 +111,7 @@ class StreamingSearch:
         t = self.tokens[:, 1:]
         same = (t == t[:1]).all(dim=0)
         n = int(same.long().cumprod(0).sum()) if same.numel() else 0
-        return t[0, :n].tolist()
+        return self._emitted(t[0, :n].tolist())
 
     def best(self) -> List[int]:
         """The best hypothesis so far (without the start symbol)."""
@@ -114,7 +119,11 @@ class StreamingSearch:
             return self.done
         if self.tokens is None:
             return []
-        return self.tokens[int(self.scores.argmax()), 1:].tolist()
+        return self._emitted(self.tokens[int(self.scores.argmax()), 1:].tolist())
+
+    def _emitted(self, tokens: List[int]) -> List[int]:
+        """Tokens without inner </s> (sentence boundaries; only with the generator's inner_eos)."""
+        return [t for t in tokens if t != self.g.eos] if self.g.inner_eos else tokens
 
     @torch.no_grad()
     def finish(self, total: int) -> List[int]:
@@ -136,6 +145,8 @@ class StreamingSearch:
             tok = self.tokens[int(self.scores.topk(1).indices[0]), 1:].tolist()  # the generator's nbest rule
         out = []
         for t in tok:
+            if t == g.eos and g.inner_eos:
+                continue  # a sentence boundary
             if t == g.eos:
                 break
             if t != g.pad:

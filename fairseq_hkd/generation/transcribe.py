@@ -77,14 +77,16 @@ class Recognizer:
     def __init__(self, model, task, beam: int = 10, device: Union[str, torch.device] = "cpu", lm_model=None,
                  lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None, input_level: str = "auto",
                  input_level_tolerance_db: Optional[float] = None, count_search: Optional[int] = None,
-                 ctc_weight: Optional[float] = None):
+                 ctc_weight: Optional[float] = None, inner_eos: Optional[str] = None):
         """lm_model, lm_weight: shallow fusion with a fairseq LM over the same dictionary (lm_fusion.py);
         segmenter: how files longer than ``segmenter.max_segment_s`` are split (segments.py);
         input_level: ``auto`` (match each file's or segment's speech level to the model's training
         level), ``off``, or a level in nats; input_level_tolerance_db: levels this close to it are
         left as recorded (None: data/level.py's ``TOLERANCE_DB``, 0); count_search, ctc_weight: how
         the CIF count is chosen (generation/cif_generator.py; None: the task's ``cif_count_search``
-        and ``cif_ctc_weight``, as fairseq-generate)."""
+        and ``cif_ctc_weight``, as fairseq-generate); inner_eos: auto | yes | no, whether ``</s>`` may
+        mark a sentence boundary inside a segment (None: the task's ``cif_inner_eos``; auto: yes for a
+        model trained with sentence joins)."""
         from fairseq_hkd.data.cmvn import build_cmvn
         from fairseq_hkd.data.level import model_level
         from fairseq_hkd.generation.cif_generator import CifGenerator
@@ -98,7 +100,8 @@ class Recognizer:
         count_search = getattr(cfg, "cif_count_search", 1) if count_search is None else count_search
         ctc_weight = task.decoding_ctc_weight(ctc_weight, count_search)  # 0 for an untrained CTC head
         self.generator = CifGenerator([self.model], self.tgt_dict, beam_size=beam, nbest=1, lm_model=lm_model,
-                                      lm_weight=lm_weight, count_search=count_search, ctc_weight=ctc_weight)
+                                      lm_weight=lm_weight, count_search=count_search, ctc_weight=ctc_weight,
+                                      inner_eos=task.decoding_inner_eos(inner_eos))
         self.cmvn = build_cmvn(cfg.cmvn, cfg.cmvn_stats or os.path.join(cfg.data, "cmvn.npz"))
         self.level_target, self.level_tolerance_db = model_level(
             input_level, getattr(cfg, "input_level", "off"), str(cfg.cmvn), getattr(self.cmvn, "mean", None),
@@ -112,13 +115,14 @@ class Recognizer:
                         model_overrides: Optional[dict] = None, lm_path: Optional[str] = None,
                         lm_weight: float = 0.0, segmenter: Optional[SegmenterConfig] = None,
                         input_level: str = "auto", input_level_tolerance_db: Optional[float] = None,
-                        count_search: Optional[int] = None, ctc_weight: Optional[float] = None) -> "Recognizer":
+                        count_search: Optional[int] = None, ctc_weight: Optional[float] = None,
+                        inner_eos: Optional[str] = None) -> "Recognizer":
         """Load ``path`` with fairseq's checkpoint_utils. ``data``: the data directory with dict.txt
         (default: the one the checkpoint was trained on); ``model_overrides``: e.g.
         ``{"cif_tail_threshold": 0.4}``; ``lm_path``, ``lm_weight``: shallow fusion as
         ``fairseq-generate --lm-path --lm-weight`` (an LM of other units: ``LmDictionaryError``);
         ``segmenter``: see :class:`SegmenterConfig`; ``input_level``, ``count_search``,
-        ``ctc_weight``: see ``__init__``."""
+        ``ctc_weight``, ``inner_eos``: see ``__init__``."""
         from fairseq import checkpoint_utils
 
         import fairseq_hkd  # noqa: F401  (registers the task and model; compat shims for torch.load)
@@ -152,7 +156,7 @@ class Recognizer:
                 logger.warning(f"--lm-path {lm_path} with --lm-weight 0: the language model is not used")
         return cls(models[0], task, beam=beam, device=device, lm_model=lm_model, lm_weight=lm_weight,
                    segmenter=segmenter, input_level=input_level, input_level_tolerance_db=input_level_tolerance_db,
-                   count_search=count_search, ctc_weight=ctc_weight)
+                   count_search=count_search, ctc_weight=ctc_weight, inner_eos=inner_eos)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: np.ndarray) -> np.ndarray:
@@ -245,13 +249,15 @@ class Recognizer:
         out = []
         for b, (item, piece) in enumerate(zip(items, pieces)):
             hyp = dec.hypos[b][0]
-            keep = [k for k, t in enumerate(hyp["tokens"].tolist()) if t not in strip]
-            symbols = [self.tgt_dict[int(hyp["tokens"][k])] for k in keep]
+            tokens = hyp["tokens"].tolist()
+            keep = [k for k, t in enumerate(tokens) if t not in strip]  # inner </s> (sentence boundaries) out
+            symbols = [self.tgt_dict[tokens[k]] for k in keep]
             scores = hyp["positional_scores"].float()
             duration = piece.wav.shape[0] / 16000
-            fires = hyp["fires"]
+            fires = hyp["fires"]  # [L_b] the frame of each CIF token; token k fired at fires[k]
             r = PieceResult(
-                text=units.decode(symbols), symbols=symbols, token_times=self.fire_times(fires[: len(symbols)], duration),
+                text=units.decode(symbols), symbols=symbols,
+                token_times=self.fire_times(fires[torch.tensor(keep, dtype=torch.long)], duration),
                 token_scores=[float(scores[k]) for k in keep], score=float(hyp["score"]), n_fires=int(dec.cif_lengths[b]),
                 words=[(units.decode(symbols[a:e]), a, e) for a, e in word_spans(symbols, units.unit)])
             if plot_dir is not None and piece.whole:
@@ -259,7 +265,7 @@ class Recognizer:
 
                 r.plot = plot_alignment(
                     os.path.join(plot_dir, _safe_name(item.utt_id) + ".png"), feats[b].numpy(), alpha[b, : enc_len[b]],
-                    fires, symbols + (["</s>"] if len(symbols) < len(fires) else []), self.downsample,
+                    fires, [self.tgt_dict[t] for t in tokens[: len(fires)]], self.downsample,
                     title=f"{item.utt_id}: {r.text}")
             out.append(r)
         return out
@@ -390,7 +396,8 @@ def cli_main(argv: Optional[Sequence[str]] = None, require_plot: bool = False) -
                                      model_overrides=overrides, lm_path=args.lm_path, lm_weight=args.lm_weight,
                                      segmenter=segmenter, input_level=args.input_level,
                                      input_level_tolerance_db=args.input_level_tolerance,
-                                     count_search=args.count_search, ctc_weight=args.ctc_weight)
+                                     count_search=args.count_search, ctc_weight=args.ctc_weight,
+                                     inner_eos=args.inner_eos)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     writer = OutputWriter(args.format, args.output_dir, out, timestamps=args.timestamps)
     stats = Progress(items, enabled=not args.quiet)

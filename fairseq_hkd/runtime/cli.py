@@ -104,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         rec = OnnxRecognizer(args.model_dir, beam=args.beam, threads=args.threads, eos_slack=args.eos_slack,
                              input_level=level_from_args(args), input_level_tolerance_db=args.input_level_tolerance,
-                             count_search=args.count_search, ctc_weight=args.ctc_weight)
+                             count_search=args.count_search, ctc_weight=args.ctc_weight,
+                             inner_eos=None if args.inner_eos == "auto" else args.inner_eos == "yes")
     except (ModelDirError, ValueError) as e:
         raise SystemExit(f"fairseq-hkd-transcribe: error: {e}")
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

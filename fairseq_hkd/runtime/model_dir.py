@@ -17,7 +17,8 @@ config.json keys: ``format`` / ``version``; ``precision`` (fp32 | int8 | int8-en
 ``cmvn``: type global | utterance | none, with ``mean`` / ``std`` for global, ``min_source_frames``,
 ``strict_sample_rate``, ``multichannel``); ``units`` (unit type, lowercase); ``dictionary``
 (size and special indices); ``cif`` (threshold, tail_threshold); ``search`` (eos_slack, and since
-2026-12-03 count_search and ctc_weight: the task's ``--cif-count-search`` / ``--cif-ctc-weight``);
+2026-12-03 count_search and ctc_weight: the task's ``--cif-count-search`` / ``--cif-ctc-weight``; since
+2026-12-04 inner_eos: ``</s>`` may mark a sentence boundary, ``--cif-inner-eos``);
 ``encoder`` (downsample, embed_dim); ``decoder`` (type, layers, heads, head_dim); ``source``
 (checkpoint, arch, versions).
 

@@ -38,7 +38,9 @@ class Decoded:
     tokens: dictionary ids without <s>/<pad>/</s>; symbols: their strings; text: the units decoded
     to words; score: summed log-probs of the best hypothesis; token_scores: per emitted token;
     fires: encoder frame that completed each CIF token [n_fires]; n_fires: CIF tokens (decoder
-    steps); alpha: CIF weights of the valid encoder frames; encoder_out: [T', D] when asked for.
+    steps); alpha: CIF weights of the valid encoder frames; encoder_out: [T', D] when asked for;
+    steps: the CIF step (index into ``fires``) of each emitted token (an inner ``</s>``, a sentence
+    boundary, takes a step but is not emitted).
     """
 
     tokens: List[int]
@@ -51,6 +53,7 @@ class Decoded:
     alpha: np.ndarray
     encoder_out: Optional[np.ndarray] = None
     cif_embeddings: Optional[np.ndarray] = None
+    steps: Optional[List[int]] = None
 
 
 def session_options(threads: int = 1):
@@ -89,6 +92,8 @@ class OnnxRecognizer:
         beam: beam size (1 = greedy); ignored by a non-autoregressive decoder.
         threads: onnxruntime intra-op threads per graph.
         eos_slack: None = the task's ``cif_eos_slack`` recorded at export (0 or 1).
+        inner_eos: whether ``</s>`` may mark a sentence boundary inside a segment; None = recorded at
+            export (a model trained with sentence joins; exports before 2026-12-04: no).
         tail_threshold: None = the model's ``cif_tail_threshold``.
         input_level: auto | off | nats: match each file's speech level to the training level
             (``data/level.py``); input_level_tolerance_db: levels this close are left as recorded.
@@ -100,7 +105,7 @@ class OnnxRecognizer:
     def __init__(self, model_dir: str, beam: int = 10, threads: int = 1, eos_slack: Optional[int] = None,
                  tail_threshold: Optional[float] = None, input_level: str = "auto",
                  input_level_tolerance_db: Optional[float] = None, count_search: Optional[int] = None,
-                 ctc_weight: Optional[float] = None):
+                 ctc_weight: Optional[float] = None, inner_eos: Optional[bool] = None):
         self.model_dir = read_model_dir(model_dir)
         cfg = self.model_dir.config
         if beam < 1:
@@ -110,6 +115,7 @@ class OnnxRecognizer:
         if self.eos_slack not in (0, 1):
             raise ValueError(f"eos_slack must be 0 or 1, got {self.eos_slack}")
         search_cfg = cfg["search"]
+        self.inner_eos = bool(search_cfg.get("inner_eos", False) if inner_eos is None else inner_eos)
         self.count_search = int(search_cfg.get("count_search", -1) if count_search is None else count_search)
         self.ctc_weight = float(search_cfg.get("ctc_weight", 0.0) if ctc_weight is None else ctc_weight)
         if self.count_search < -1:
@@ -164,13 +170,13 @@ class OnnxRecognizer:
         """CIF embeddings [B, N, C], lengths [B] -> the best hypothesis per utterance."""
         if self.autoregressive:
             return beam_search(self._step, embeddings, lengths, self.beam, self.vocab, self.cache_shape,
-                               self.bos, self.pad, self.eos, self.eos_slack)
+                               self.bos, self.pad, self.eos, self.eos_slack, self.inner_eos)
         if embeddings.shape[1] == 0:  # no utterance fired: every hypothesis is just </s>
             lprobs = np.zeros((embeddings.shape[0], 0, self.vocab), dtype=np.float32)
         else:
             (lprobs,) = self.decoder.run(None, {"cif_embeddings": embeddings,
                                                 "cif_lengths": np.asarray(lengths, dtype=np.int64)})
-        return nar_argmax(lprobs, lengths, self.bos, self.pad, self.eos, self.eos_slack)
+        return nar_argmax(lprobs, lengths, self.bos, self.pad, self.eos, self.eos_slack, self.inner_eos)
 
     def decode_features(self, feats: Sequence[np.ndarray], keep_states: bool = False) -> List[Decoded]:
         """Normalised fbank per utterance -> one :class:`Decoded` each (one batch)."""
@@ -194,7 +200,7 @@ class OnnxRecognizer:
                 tokens, symbols, decode_units(self.unit, symbols), hyp.score,
                 [float(hyp.positional_scores[i]) for i in keep], fires[b], n_cif, alpha[b, :n_enc].copy(),
                 h[b, :n_enc].copy() if keep_states else None,
-                cif.embeddings[b, :n_cif].copy() if keep_states else None))
+                cif.embeddings[b, :n_cif].copy() if keep_states else None, keep))
         return out
 
     def count_search_decode(self, h: np.ndarray, enc_lengths: np.ndarray, alpha: np.ndarray,
@@ -218,7 +224,8 @@ class OnnxRecognizer:
             (lprobs,) = self.ctc.run(None, {"encoder_out": np.ascontiguousarray(h, dtype=np.float32)})
             for r, hyp in enumerate(hyps):
                 m, b = divmod(r, B)
-                ctc[m, b] = ctc_log_likelihood(lprobs[b, : int(enc_lengths[b])], hyp.tokens[:-1], self.bos)
+                ctc[m, b] = ctc_log_likelihood(lprobs[b, : int(enc_lengths[b])],
+                                                 hyp.tokens[:-1][hyp.tokens[:-1] != self.eos], self.bos)
         best = choose_candidates(scores, ctc, self.ctc_weight if self.ctc is not None else 0.0, self.count_search)
         chosen = CifResult(np.zeros((B, N, h.shape[2]), dtype=np.float32), np.zeros(B, dtype=np.int64),
                            np.zeros(alpha.shape, dtype=bool))
@@ -304,7 +311,8 @@ class OnnxRecognizer:
         (as ``fairseq-hkd-transcribe --timestamps``), clipped to [0, duration]."""
         from fairseq_hkd.generation.plot import encoder_frame_centres  # numpy only
 
-        centres = encoder_frame_centres(decoded.fires[: len(decoded.symbols)], self.downsample)
+        steps = decoded.steps if decoded.steps is not None else list(range(len(decoded.symbols)))
+        centres = encoder_frame_centres(decoded.fires[np.asarray(steps, dtype=np.int64)], self.downsample)
         return [min(max(float(t), 0.0), duration) for t in centres]
 
 

@@ -5,6 +5,8 @@
 * ``<s>`` and ``<pad>`` never compete; ``</s>`` competes only at the last step L_b - 1 (and at
   L_b - 2 with ``eos_slack`` = 1);
 * a hypothesis still open after its last step gets ``</s>`` appended at no cost;
+* ``inner_eos`` (a model trained with sentence joins): ``</s>`` competes at every step and ends a
+  hypothesis only at its last step; an inner ``</s>`` is a sentence boundary;
 * score = sum of the chosen tokens' log-probs (float32, no length normalisation); finished
   hypotheses stay in the beam; only beam 0 is live at step 0.
 
@@ -58,7 +60,7 @@ def _topk(cand: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def beam_search(step_fn: StepFn, embeddings: np.ndarray, lengths: np.ndarray, beam: int, vocab: int,
                 cache_shape: Tuple[int, int, int], bos: int, pad: int, eos: int,
-                eos_slack: int = 0) -> List[Hypothesis]:
+                eos_slack: int = 0, inner_eos: bool = False) -> List[Hypothesis]:
     """The best hypothesis per utterance. embeddings [B, N, C] float32 (0 beyond lengths),
     lengths [B] int64; cache_shape (L, H, d) of the decoder step's cache."""
     bsz, max_len, cdim = embeddings.shape
@@ -113,8 +115,9 @@ def beam_search(step_fn: StepFn, embeddings: np.ndarray, lengths: np.ndarray, be
         c_prev = emb[:, step - 1] if step > 0 else np.zeros((emb.shape[0], cdim), dtype=np.float32)
         lprobs, cache_k, cache_v = step_fn(tokens[:, step], c_prev, c_cur, step, cache_k, cache_v)
         lprobs = _mask_lprobs(lprobs, bos, pad)
-        early = row_len - 1 - eos_slack > step  # </s> not allowed yet
-        lprobs[early, eos] = -np.inf
+        if not inner_eos:
+            early = row_len - 1 - eos_slack > step  # </s> not allowed yet
+            lprobs[early, eos] = -np.inf
         lprobs = np.where(finished[:, None], stay[None, :], lprobs)
 
         # 3. best K continuations of each utterance among its K * V candidates
@@ -135,7 +138,7 @@ def beam_search(step_fn: StepFn, embeddings: np.ndarray, lengths: np.ndarray, be
 
         # 5. finish on </s>, or after the last CIF step (</s> appended at no cost)
         last = row_len == step + 1
-        newly = ~finished & ((new_tok == eos) | last)
+        newly = ~finished & (last if inner_eos else (new_tok == eos) | last)  # inner </s>: a boundary
         append = newly & (new_tok != eos)
         tokens[:, step + 2] = np.where(append, eos, tokens[:, step + 2])
         finished = finished | newly
@@ -152,20 +155,21 @@ def _best(tokens, pos, scores, bsz, K, eos) -> List[Hypothesis]:
         k = int(np.argmax(scores[b]))
         row = b * K + k
         tok = tokens[row, 1:]
-        is_eos = np.nonzero(tok == eos)[0]
-        n = int(is_eos[0]) + 1 if is_eos.size and np.isfinite(scores[b, k]) else 0
+        is_eos = np.nonzero(tok == eos)[0]  # the last one ends it: only <pad> follows a finished hypothesis
+        n = int(is_eos[-1]) + 1 if is_eos.size and np.isfinite(scores[b, k]) else 0
         out.append(Hypothesis(tok[:n].copy(), float(scores[b, k]), pos[row, :n].copy()))
     return out
 
 
 def nar_argmax(lprobs: np.ndarray, lengths: np.ndarray, bos: int, pad: int, eos: int,
-               eos_slack: int = 0) -> List[Hypothesis]:
+               eos_slack: int = 0, inner_eos: bool = False) -> List[Hypothesis]:
     """Non-autoregressive decoding (``CifGenerator.nar_argmax``): lprobs [B, N, V] of the NAR
     decoder, argmax at every CIF position under the same </s> rules."""
     bsz, max_len, _ = lprobs.shape
     lprobs = _mask_lprobs(lprobs, bos, pad)
-    early = np.arange(max_len)[None, :] < (np.asarray(lengths) - 1 - eos_slack)[:, None]
-    lprobs[..., eos] = np.where(early, -np.inf, lprobs[..., eos])
+    if not inner_eos:
+        early = np.arange(max_len)[None, :] < (np.asarray(lengths) - 1 - eos_slack)[:, None]
+        lprobs[..., eos] = np.where(early, -np.inf, lprobs[..., eos])
     tok = lprobs.argmax(axis=-1)
     best = np.take_along_axis(lprobs, tok[..., None], axis=-1)[..., 0]
     out = []
@@ -173,6 +177,8 @@ def nar_argmax(lprobs: np.ndarray, lengths: np.ndarray, bos: int, pad: int, eos:
         n_b = int(lengths[b])
         t, s = tok[b, :n_b], best[b, :n_b]
         eos_at = np.nonzero(t == eos)[0]
+        if inner_eos:  # only a </s> at the last step ends it
+            eos_at = eos_at[eos_at == n_b - 1]
         if eos_at.size:
             t, s = t[: eos_at[0] + 1], s[: eos_at[0] + 1]
         else:  # no </s> predicted: append one at no cost

@@ -32,6 +32,7 @@ from fairseq_hkd.data.cmvn import CMVN_TYPES, build_cmvn
 from fairseq_hkd.data.level import LevelMatched, resolve_target
 from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
+from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
@@ -104,6 +105,16 @@ class CifAsrConfig(FairseqDataclass):
     edge_silence_prob: float = field(
         default=0.5, metadata={"help": "edge-silence augmentation: probability per utterance"}
     )
+    # sentence joins (training updates only; data/sentence_joins.py) ------------------------------
+    join_prob: float = field(
+        default=0.0,
+        metadata={"help": "sentence joins: probability per training batch that its rows are joined in pairs "
+                          "(utterance, pause, utterance; targets a </s> b </s>), so that the model transcribes "
+                          "segments holding two sentences; its decoding then lets </s> compete at inner steps "
+                          "(--cif-inner-eos). 0 = off; needs --cmvn global or none"},
+    )
+    join_min_gap_ms: int = field(default=100, metadata={"help": "sentence joins: shortest pause between the two"})
+    join_max_gap_ms: int = field(default=600, metadata={"help": "sentence joins: longest pause between the two"})
     # time shift (training split only; data/time_shift.py) ---------------------------------------
     time_shift_max_ms: float = field(
         default=0.0, metadata={"help": "time-shift augmentation: drop U{0..N} ms at the start of each training "
@@ -144,6 +155,12 @@ class CifAsrConfig(FairseqDataclass):
         metadata={"help": "decoding with --cif-count-search >= 1: a candidate count scores W * CTC log-likelihood "
                           "+ (1 - W) * decoder log-prob of its best hypothesis (a model trained without the CTC "
                           "loss decodes with 0: its checkpoint records the criterion's CTC weight)"},
+    )
+    cif_inner_eos: AUTO_YES_NO = field(
+        default="auto",
+        metadata={"help": "decoding: </s> may also be chosen at inner steps, as a sentence boundary dropped from "
+                          "the text (a segment holding two sentences). auto: yes for a model trained with "
+                          "--join-prob > 0 (its checkpoint records it), no otherwise"},
     )
     # speed ---------------------------------------------------------------------------------------
     autocast_bf16: AUTO_YES_NO = field(
@@ -227,6 +244,8 @@ class CifAsrTask(FairseqTask):
         # the CTC loss weight the model was trained with (build_criterion; saved in checkpoints as the task
         # state, or read from an older checkpoint's criterion config): 0 = an untrained CTC head
         self.trained_ctc_weight: Optional[float] = None
+        # the --join-prob the model was trained with (build_criterion; task state): > 0 = inner </s> decoding
+        self.trained_join_prob: Optional[float] = None
         specaug = SpecAugmentConfig(
             cfg.spec_aug_freq_masks, cfg.spec_aug_freq_width, cfg.spec_aug_time_masks, cfg.spec_aug_time_width,
             cfg.spec_aug_adaptive_time_ratio, cfg.spec_aug_prob,
@@ -240,7 +259,11 @@ class CifAsrTask(FairseqTask):
                              "(fairseq-hkd-cmvn writes DATA/cmvn.npz) or --cmvn none")
         if self.edge_silence is not None and max(edge.max_start, edge.max_end) > EDGE_SILENCE_MAX_FRAMES:
             raise ValueError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
-        self._silence_bank: Optional[np.ndarray] = None  # built at the first padded batch
+        self._silence_bank: Optional[np.ndarray] = None  # built at the first padded or joined batch
+        self.joins = JoinConfig(cfg.join_prob, cfg.join_min_gap_ms // 10, cfg.join_max_gap_ms // 10)
+        self.joins.check(EDGE_SILENCE_MAX_FRAMES)
+        if self.joins.enabled() and cfg.cmvn == "utterance":
+            raise ValueError("--join-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
         resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
@@ -309,6 +332,9 @@ class CifAsrTask(FairseqTask):
         if self.edge_silence is not None and self.is_training_split(split):
             # --max-tokens bounds the batch the model gets: with the most edge silence any utterance can get
             dataset.batch_extra_frames = self.edge_silence.max_start + self.edge_silence.max_end
+        if self.joins.enabled() and self.is_training_split(split):
+            # a joined pair of rows is one row of both lengths plus the pause: about half a pause per utterance
+            dataset.batch_extra_frames += (self.joins.max_gap + 1) // 2
         self.datasets[split] = dataset
         logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
 
@@ -430,19 +456,24 @@ class CifAsrTask(FairseqTask):
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
-        """``sample`` with edge silence (``--edge-silence-*``) and then SpecAugment applied to
-        ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the input is not modified).
-        Utterance b's draws come from (seed, update_num, sample["id"][b]) and cover only its
-        ``src_lengths[b]`` frames: they do not depend on batching, on the process (2 GPUs =
-        --update-freq 2 on 1) or on where a run was resumed, and differ between updates."""
-        if (self.specaugment is None and self.edge_silence is None) or not sample or "net_input" not in sample:
+        """``sample`` with sentence joins (``--join-prob``), edge silence (``--edge-silence-*``) and then
+        SpecAugment applied to ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the
+        input is not modified). Utterance b's draws come from (seed, update_num, sample["id"][b]) and
+        cover only its ``src_lengths[b]`` frames: they do not depend on batching, on the process (2 GPUs =
+        --update-freq 2 on 1) or on where a run was resumed, and differ between updates. A batch's join
+        draw comes from (seed, update_num, its first id); a joined row draws as its first utterance."""
+        if (self.specaugment is None and self.edge_silence is None and not self.joins.enabled()) or not sample \
+                or "net_input" not in sample:
             return sample
+        if self._silence_bank is None and (self.edge_silence is not None or self.joins.enabled()):
+            self._silence_bank = silence_bank(self._build_cmvn())
+        if self.joins.enabled():
+            sample = join_batch(sample, self._silence_bank, self.joins, (self.cfg.seed, int(update_num),
+                                int(sample["id"][0]), 2), self.tgt_dict.eos(), self.tgt_dict.pad())
         net_input = sample["net_input"]
         src, lengths = net_input["src_tokens"], net_input["src_lengths"]
         ids = [int(i) for i in sample["id"].tolist()]
         if self.edge_silence is not None:
-            if self._silence_bank is None:
-                self._silence_bank = silence_bank(self._build_cmvn())
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
         if self.specaugment is not None:
@@ -471,6 +502,7 @@ class CifAsrTask(FairseqTask):
             raise ValueError(f"task cif_asr: {MODEL_FIRST} (the criterion and the length filter need the model's sizes)")
         self.teacher_forced = True
         self.note_training_criterion(cfg)
+        self.trained_join_prob = float(self.cfg.join_prob)
         return super().build_criterion(cfg, from_checkpoint)
 
     # what the model was trained with (checkpoints keep it as fairseq's "task_state") --------------
@@ -490,11 +522,19 @@ class CifAsrTask(FairseqTask):
             self.note_training_criterion(checkpoint_cfg["criterion"])
 
     def state_dict(self):
-        return {} if self.trained_ctc_weight is None else {"trained_ctc_weight": self.trained_ctc_weight}
+        state = {"trained_ctc_weight": self.trained_ctc_weight, "trained_join_prob": self.trained_join_prob}
+        return {k: v for k, v in state.items() if v is not None}
 
     def load_state_dict(self, state_dict) -> None:
-        if state_dict and state_dict.get("trained_ctc_weight") is not None:
-            self.trained_ctc_weight = float(state_dict["trained_ctc_weight"])
+        for key in ("trained_ctc_weight", "trained_join_prob"):
+            if state_dict and state_dict.get(key) is not None:
+                setattr(self, key, float(state_dict[key]))
+
+    def decoding_inner_eos(self, requested: Optional[str] = None) -> bool:
+        """Whether ``</s>`` competes at inner decoding steps (``requested``, default ``--cif-inner-eos``;
+        auto: the model was trained with sentence joins)."""
+        mode = str(self.cfg.cif_inner_eos if requested is None else requested)
+        return mode == "yes" or (mode == "auto" and (self.trained_join_prob or 0.0) > 0)
 
     def decoding_ctc_weight(self, requested: Optional[float] = None, count_search: Optional[int] = None) -> float:
         """The CTC weight of the count search (``requested``, default ``--cif-ctc-weight``; with
@@ -515,7 +555,8 @@ class CifAsrTask(FairseqTask):
         lm_model = (extra_gen_cls_kwargs or {}).get("lm_model")  # fairseq-generate loaded --lm-path
         return build_cif_generator(models, args, self.tgt_dict, eos_slack=self.cfg.cif_eos_slack,
                                    lm_model=lm_model, dict_path=self.units.dict_path,
-                                   count_search=self.cfg.cif_count_search, ctc_weight=self.decoding_ctc_weight())
+                                   count_search=self.cfg.cif_count_search, ctc_weight=self.decoding_ctc_weight(),
+                                   inner_eos=self.decoding_inner_eos())
 
     def build_bpe(self, args):
         """The units decoder, so fairseq-generate prints (and scores) words, whatever --bpe says."""
