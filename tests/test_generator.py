@@ -163,21 +163,25 @@ def test_greedy_matches_reference_loop(seed, eos_slack):
         assert h["score"] == pytest.approx(sum(ref_scores), abs=1e-4)
 
 
-@pytest.mark.parametrize("seed,eos_slack", [(0, 0), (3, 0), (0, 1), (3, 1)])
-def test_exhaustive_beam_equals_brute_force(seed, eos_slack):
+@pytest.mark.parametrize("seed,eos_slack,inner_eos", [(0, 0, False), (3, 0, False), (0, 1, False), (3, 1, False),
+                                                    (0, 0, True), (3, 0, True)])
+def test_exhaustive_beam_equals_brute_force(seed, eos_slack, inner_eos):
+    """inner_eos: every hypothesis runs all L steps with </s> allowed at any of them."""
     d = make_dict(3)  # allowed tokens: </s>, <unk>, a, b, c
     model = MockModel(d, seed=seed)
     with torch.no_grad():
         model.decoder.bias[d.eos()] = 1.0
     x, lengths = make_batch([3, 1, 2, 0], seed=seed)
     nbest = 4
-    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest, eos_slack=eos_slack)
+    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest, eos_slack=eos_slack, inner_eos=inner_eos)
     for b in range(len(lengths)):
-        ref = all_hypotheses(model, x[b], int(lengths[b]), eos_slack)[:nbest]
+        ref = all_hypotheses(model, x[b], int(lengths[b]), eos_slack, inner_eos)[:nbest]
         got = [(tuple(h["tokens"].tolist()), h["score"]) for h in hypos[b]]
         assert [t for t, _ in got] == [t for t, _ in ref]
         for (_, s), (_, rs) in zip(got, ref):
             assert s == pytest.approx(rs, abs=1e-4)
+    if inner_eos:  # the case is exercised
+        assert any(d.eos() in h["tokens"].tolist()[:-1] for hs in hypos for h in hs)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -198,24 +202,6 @@ def test_inner_eos_greedy_matches_reference_loop(seed):
         torch.testing.assert_close(h["positional_scores"].double(), torch.tensor(ref_scores, dtype=torch.float64), atol=1e-4, rtol=0)
         inner += ref_tokens[:-1].count(d.eos())
     assert inner > 0  # the case is exercised
-
-
-@pytest.mark.parametrize("seed", [0, 3])
-def test_inner_eos_exhaustive_beam_equals_brute_force(seed):
-    d = make_dict(3)
-    model = MockModel(d, seed=seed)
-    with torch.no_grad():
-        model.decoder.bias[d.eos()] = 1.0
-    x, lengths = make_batch([3, 1, 2, 0], seed=seed)
-    nbest = 4
-    hypos = run(model, d, x, lengths, beam=5**3, nbest=nbest, inner_eos=True)
-    for b in range(len(lengths)):
-        ref = all_hypotheses(model, x[b], int(lengths[b]), inner_eos=True)[:nbest]
-        got = [(tuple(h["tokens"].tolist()), h["score"]) for h in hypos[b]]
-        assert [t for t, _ in got] == [t for t, _ in ref]
-        for (_, s), (_, rs) in zip(got, ref):
-            assert s == pytest.approx(rs, abs=1e-4)
-    assert any(d.eos() in h["tokens"].tolist()[:-1] for hs in hypos for h in hs)  # the case is exercised
 
 
 def test_batch_equals_one_by_one():

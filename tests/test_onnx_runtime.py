@@ -228,6 +228,8 @@ def test_onnx_count_search_equals_pytorch(trained_cif, exported, beam, radius, c
 
     cfg = json.loads((exported.fp32 / "config.json").read_text())
     assert cfg["files"]["ctc"] == "ctc.onnx" and cfg["search"]["count_search"] == 1
+    assert cfg["search"]["inner_eos"] is False  # trained without sentence joins
+    assert not OnnxRecognizer(str(exported.fp32)).inner_eos and OnnxRecognizer(str(exported.fp32), inner_eos=True).inner_eos
     assert cfg["search"]["ctc_weight"] == pytest.approx(0.7)
     assert OnnxRecognizer(str(exported.fp32)).count_search == 1
     entries = read_manifest(trained_cif.data / "test.tsv")
@@ -520,3 +522,18 @@ def read_first_audio(trained) -> str:
     from fairseq_hkd.data.manifest import read_manifest
 
     return read_manifest(trained.data / "test.tsv")[0].audio
+
+
+def test_token_times_follow_the_steps_of_the_emitted_tokens(exported):
+    """With inner </s> (sentence boundaries) a token's time is that of its own CIF step: the steps
+    of the emitted tokens index the fires, a boundary's step is skipped."""
+    from fairseq_hkd.generation.plot import encoder_frame_centres
+    from fairseq_hkd.runtime.recognizer import Decoded, OnnxRecognizer
+
+    rec = OnnxRecognizer(str(exported.fp32))
+    fires = np.array([2, 5, 9, 14])
+    dec = Decoded([7, 8, 9], ["a", "b", "c"], "a b c", -1.0, [-0.1] * 3, fires, 4, np.zeros(16, np.float32), steps=[0, 2, 3])
+    want = encoder_frame_centres(fires[[0, 2, 3]], rec.downsample)
+    assert rec.token_times(dec, 100.0) == pytest.approx([float(t) for t in want])
+    plain = Decoded([7, 8, 9], ["a", "b", "c"], "a b c", -1.0, [-0.1] * 3, fires, 4, np.zeros(16, np.float32))
+    assert rec.token_times(plain, 100.0) == pytest.approx([float(t) for t in encoder_frame_centres(fires[:3], rec.downsample)])
