@@ -5,8 +5,9 @@
 # boundary inside a segment (--cif-inner-eos auto). Batching reserves half of the longest pause per
 # utterance, so batches get 10 % more frames (5,500 for the default 5,000: about the demo's utterances
 # per update; at 5,000 heldout WER was 1.4 points worse). Chosen on heldout
-# (examples/synth/results/sentence-joins/): the long-file gap falls from +1.32 to +0.08 WER points, two
-# sentences in one segment cost +3.5 instead of +12.1, at +2.0 heldout WER one by one (seed 1).
+# (examples/synth/results/sentence-joins/): two heldout sentences in one segment cost +3.5 WER points instead
+# of +12.1, the 60-min test file split at 0.8 s pauses decodes at 23.9 instead of 27.3 WER, at +2.0 heldout /
+# +2.9 test WER one by one (CIF, seed 1); files split between single utterances gain nothing.
 #   examples/synth/train.sh --exp exp/synth/join --criterion cif --conf tiny_join
 #   examples/synth/run.sh --conf tiny_join --exp exp/synth-join
 . "$HERE/conf/tiny.sh"
