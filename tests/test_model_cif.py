@@ -46,6 +46,18 @@ def small_model(seed=0, **overrides) -> CifModel:
     return CifModel.build_model(arch_config("cif_tiny", **{**SMALL, **overrides}), _Task(make_dict()))
 
 
+def favour_eos(model, bias: float = 2.0) -> None:
+    """Give the decoder's output projection a bias of ``bias`` on </s> (else 0), so that </s> is often
+    the best token and inner ones occur (decoding with sentence boundaries)."""
+    proj = model.decoder.output_projection
+    biased = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(proj.weight)
+        biased.bias.zero_()
+        biased.bias[model.decoder.dictionary.eos()] = bias
+    model.decoder.output_projection = biased
+
+
 def padded_batch(lengths, dim=20, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(len(lengths), max(lengths), dim, generator=g)

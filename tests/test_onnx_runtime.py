@@ -88,14 +88,10 @@ def test_search_matches_generator(beam, eos_slack, inner_eos=False):
     from fairseq_hkd.generation.cif_generator import CifGenerator
 
     model, d = _random_model()
-    if inner_eos:  # </s> often the best token, so that inner ones occur
-        proj = model.decoder.output_projection
-        biased = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
-        with torch.no_grad():
-            biased.weight.copy_(proj.weight)
-            biased.bias.zero_()
-            biased.bias[d.eos()] = 2.0
-        model.decoder.output_projection = biased
+    if inner_eos:
+        from test_model_cif import favour_eos
+
+        favour_eos(model, 2.0)
     step = DecoderStepGraph(model)
     gen = CifGenerator([model], d, beam_size=beam, eos_slack=eos_slack, inner_eos=inner_eos)
     torch.manual_seed(1)

@@ -10,7 +10,7 @@ import torch
 from fairseq_hkd.data.fbank import fbank
 from fairseq_hkd.generation.cif_generator import CifGenerator
 from fairseq_hkd.generation.streaming import StreamError, StreamingRecognizer, chunk_frames
-from test_model_cif import small_model
+from test_model_cif import favour_eos, small_model
 
 
 class _Units:
@@ -171,13 +171,7 @@ def test_stream_search_with_inner_eos_equals_the_generator(beam):
 
     m = _model(seed=5)
     eos = m.decoder.dictionary.eos()
-    proj = m.decoder.output_projection
-    biased = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
-    with torch.no_grad():  # </s> often the best token, so that inner ones occur
-        biased.weight.copy_(proj.weight)
-        biased.bias.zero_()
-        biased.bias[eos] = 2.0
-    m.decoder.output_projection = biased
+    favour_eos(m, 2.0)
     g = CifGenerator([m], m.decoder.dictionary, beam_size=beam, inner_eos=True)
     emb = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -92,12 +92,13 @@ def join_batch(sample: Dict, bank: np.ndarray, cfg: JoinConfig, seed: Sequence[i
     joined = {
         **sample,
         "id": sample["id"][[g[0] for g in groups]],
-        "utt_id": ["+".join(sample["utt_id"][b] for b in g) for g in groups] if "utt_id" in sample else None,
         "net_input": {**net, "src_tokens": out_src, "src_lengths": new_src_len, "prev_output_tokens": out_prev},
         "target": out_tgt,
         "target_lengths": new_tgt_len,
         "nsentences": rows,
     }
+    if "utt_id" in sample:
+        joined["utt_id"] = ["+".join(sample["utt_id"][b] for b in g) for g in groups]
     if out_teacher is not None:
         joined["teacher_states"] = out_teacher
     return joined

@@ -224,8 +224,8 @@ class OnnxRecognizer:
             (lprobs,) = self.ctc.run(None, {"encoder_out": np.ascontiguousarray(h, dtype=np.float32)})
             for r, hyp in enumerate(hyps):
                 m, b = divmod(r, B)
-                ctc[m, b] = ctc_log_likelihood(lprobs[b, : int(enc_lengths[b])],
-                                                 hyp.tokens[:-1][hyp.tokens[:-1] != self.eos], self.bos)
+                words = hyp.tokens[:-1]  # before the final </s>; inner </s> (sentence boundaries) out
+                ctc[m, b] = ctc_log_likelihood(lprobs[b, : int(enc_lengths[b])], words[words != self.eos], self.bos)
         best = choose_candidates(scores, ctc, self.ctc_weight if self.ctc is not None else 0.0, self.count_search)
         chosen = CifResult(np.zeros((B, N, h.shape[2]), dtype=np.float32), np.zeros(B, dtype=np.int64),
                            np.zeros(alpha.shape, dtype=bool))
