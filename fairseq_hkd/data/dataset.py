@@ -108,7 +108,9 @@ class CifAsrDataset(FairseqDataset):
 
     ``batch_extra_frames``: frames the task may add to every utterance of a batch after collating
     (edge silence); batching by ``--max-tokens`` counts them, so that a batch still holds at most
-    max_tokens padded frames when it reaches the model.
+    max_tokens padded frames when it reaches the model. ``batch_frame_scale``: the factor by which the
+    task may lengthen an utterance (tempo perturbation slowed down); batching counts
+    ``ceil(frames * batch_frame_scale) + batch_extra_frames``.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class CifAsrDataset(FairseqDataset):
         self.src_sizes = np.array([features.frames(e) for e in self.entries], dtype=np.int64)
         self.tgt_sizes = np.array([len(t) for t in self.targets], dtype=np.int64)
         self.batch_extra_frames = 0
+        self.batch_frame_scale = 1.0
 
     # sizes --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -146,10 +149,13 @@ class CifAsrDataset(FairseqDataset):
 
     def num_tokens(self, index: int) -> int:
         """Frames the utterance takes in a batch (with ``batch_extra_frames``)."""
-        return int(self.src_sizes[index]) + self.batch_extra_frames
+        return int(self.num_tokens_vec(np.array([index]))[0])
 
     def num_tokens_vec(self, indices: np.ndarray) -> np.ndarray:
-        return self.src_sizes[indices] + self.batch_extra_frames
+        sizes = self.src_sizes[indices]
+        if self.batch_frame_scale != 1.0:
+            sizes = np.ceil(sizes * self.batch_frame_scale).astype(np.int64)
+        return sizes + self.batch_extra_frames
 
     def size(self, index: int):
         return int(self.src_sizes[index]), int(self.tgt_sizes[index])

@@ -33,6 +33,7 @@ from fairseq_hkd.data.level import LevelMatched, resolve_target
 from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
+from fairseq_hkd.data.tempo import TempoConfig, tempo_batch
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
@@ -115,6 +116,13 @@ class CifAsrConfig(FairseqDataclass):
     )
     join_min_gap_ms: int = field(default=100, metadata={"help": "sentence joins: shortest pause between the two"})
     join_max_gap_ms: int = field(default=600, metadata={"help": "sentence joins: longest pause between the two"})
+    # tempo perturbation (training updates only; data/tempo.py) ---------------------------------
+    tempo_min: float = field(
+        default=1.0, metadata={"help": "tempo perturbation: each training utterance is played U(min, max) times "
+                                       "as fast, on its fbank frames (1 1 = off; e.g. 0.9 1.1)"}
+    )
+    tempo_max: float = field(default=1.0, metadata={"help": "tempo perturbation: the largest factor (> 1 = faster)"})
+    tempo_prob: float = field(default=1.0, metadata={"help": "tempo perturbation: probability per utterance"})
     # time shift (training split only; data/time_shift.py) ---------------------------------------
     time_shift_max_ms: float = field(
         default=0.0, metadata={"help": "time-shift augmentation: drop U{0..N} ms at the start of each training "
@@ -264,6 +272,9 @@ class CifAsrTask(FairseqTask):
         self.joins.check(EDGE_SILENCE_MAX_FRAMES)
         if self.joins.enabled() and cfg.cmvn == "utterance":
             raise ValueError("--join-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
+        tempo = TempoConfig(cfg.tempo_min, cfg.tempo_max, cfg.tempo_prob)
+        tempo.check()
+        self.tempo: Optional[TempoConfig] = tempo if tempo.enabled() else None
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
         resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
@@ -335,6 +346,8 @@ class CifAsrTask(FairseqTask):
         if self.joins.enabled() and self.is_training_split(split):
             # a joined pair of rows is one row of both lengths plus the pause: about half a pause per utterance
             dataset.batch_extra_frames += (self.joins.max_gap + 1) // 2
+        if self.tempo is not None and self.is_training_split(split):
+            dataset.batch_frame_scale = self.tempo.frame_scale()  # a slowed-down utterance is longer
         self.datasets[split] = dataset
         logger.info(f"{split}: {len(entries)} utterances from {manifest}, teacher {'on' if teacher else 'off'}")
 
@@ -456,14 +469,15 @@ class CifAsrTask(FairseqTask):
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
-        """``sample`` with sentence joins (``--join-prob``), edge silence (``--edge-silence-*``) and then
-        SpecAugment applied to ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the
-        input is not modified). Utterance b's draws come from (seed, update_num, sample["id"][b]) and
-        cover only its ``src_lengths[b]`` frames: they do not depend on batching, on the process (2 GPUs =
-        --update-freq 2 on 1) or on where a run was resumed, and differ between updates. A batch's join
-        draw comes from (seed, update_num, its first id); a joined row draws as its first utterance."""
-        if (self.specaugment is None and self.edge_silence is None and not self.joins.enabled()) or not sample \
-                or "net_input" not in sample:
+        """``sample`` with sentence joins (``--join-prob``), tempo perturbation (``--tempo-min/max``), edge
+        silence (``--edge-silence-*``) and then SpecAugment applied to ``net_input.src_tokens`` [B, T, F] and
+        ``src_lengths`` (a new dict; the input is not modified). Utterance b's draws come from (seed,
+        update_num, sample["id"][b]) and cover only its ``src_lengths[b]`` frames: they do not depend on
+        batching, on the process (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ
+        between updates. A batch's join draw comes from (seed, update_num, its first id); a joined row
+        draws as its first utterance."""
+        if (self.specaugment is None and self.edge_silence is None and self.tempo is None
+                and not self.joins.enabled()) or not sample or "net_input" not in sample:
             return sample
         if self._silence_bank is None and (self.edge_silence is not None or self.joins.enabled()):
             self._silence_bank = silence_bank(self._build_cmvn())
@@ -473,6 +487,10 @@ class CifAsrTask(FairseqTask):
         net_input = sample["net_input"]
         src, lengths = net_input["src_tokens"], net_input["src_lengths"]
         ids = [int(i) for i in sample["id"].tolist()]
+        if self.tempo is not None:
+            seeds = [(self.cfg.seed, int(update_num), i, 3) for i in ids]
+            src, lengths, _ = tempo_batch(src, lengths, self.tempo, seeds, sample.get("target_lengths"),
+                                          self.encoder_output_lengths)
         if self.edge_silence is not None:
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)

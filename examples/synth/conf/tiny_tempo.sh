@@ -1,0 +1,8 @@
+# conf/tiny.sh with tempo perturbation (fairseq_hkd/data/tempo.py): every training utterance is played
+# U(0.9, 1.1) times as fast, so that the utterance's length says less about its token count.
+# Batching counts each utterance as 1/0.9 of its frames, so batches get 10 % more frames to keep
+# about the demo's utterances per update.
+#   examples/synth/train.sh --exp exp/synth/tempo --criterion cif --conf tiny_tempo
+. "$HERE/conf/tiny.sh"
+task_args+=(--tempo-min "${tempo_min:-0.9}" --tempo-max "${tempo_max:-1.1}")
+optim_args+=(--max-tokens $(( ${max_tokens:-5000} * 11 / 10 )))  # the last --max-tokens wins
