@@ -148,3 +148,11 @@ def test_synth_prepare_sh_stage0(tmp_path):
         assert len(read_manifest(os.path.join(data, f"{split}.tsv"))) == n
     assert os.path.exists(os.path.join(data, ".stage0.done"))
     assert not os.path.exists(os.path.join(data, "dict.txt"))
+    # the same folder asked for with other sizes (the default --n-train): one line naming the sizes, no
+    # stage skipped into a corpus of other sizes
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples", "synth/prepare.sh"), "--data", data,
+                           "--n-heldout", "1", "--n-test", "1", "--stop-stage", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "n_train 2 (asked 5800)" in proc.stderr and "--n-train 2" in proc.stderr
+    assert "Traceback" not in proc.stderr

