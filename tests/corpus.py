@@ -158,3 +158,15 @@ def setup_task(data_dir, *extra_args: str, arch: str = "cif_tiny", criterion: st
     )
     cfg = convert_namespace_to_omegaconf(args)
     return tasks.setup_task(cfg.task)
+
+
+def random_padded_batch(lengths: Sequence[int], num_features: int, rng: np.random.Generator):
+    """(src [B, max(lengths), F] float32 with U(1, 2) frames and zero padding, lengths [B] long): a
+    collated batch of features for the batch-level augmentations' tests."""
+    import torch
+
+    lengths = torch.tensor(list(lengths))
+    src = torch.zeros(len(lengths), int(lengths.max()), num_features)
+    for b, n in enumerate(lengths.tolist()):
+        src[b, :n] = torch.from_numpy(rng.uniform(1, 2, (n, num_features)).astype(np.float32))
+    return src, lengths

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from corpus import setup_task
+from corpus import random_padded_batch, setup_task
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, NOISE_LEVELS_DBFS, draw_padding, pad_edges_batch, silence_bank
 from fairseq_hkd.data.fbank import fbank
 
@@ -20,11 +20,8 @@ def test_bank_is_the_normalised_fbank_of_silence_and_quiet_noise():
 
 def test_padding_keeps_each_utterance_between_bank_frames():
     rng = np.random.default_rng(0)
-    B, T, F = 5, 40, 80
-    lengths = torch.tensor([40, 31, 17, 40, 8])
-    src = torch.zeros(B, T, F)
-    for b, n in enumerate(lengths.tolist()):
-        src[b, :n] = torch.from_numpy(rng.uniform(1, 2, (n, F)).astype(np.float32))
+    B, F = 5, 80
+    src, lengths = random_padded_batch([40, 31, 17, 40, 8], F, rng)
     bank = rng.uniform(-3, -2, (4, 198, F)).astype(np.float32)
     cfg = EdgeSilenceConfig(max_start=20, max_end=50, prob=0.7)
     seeds = [(7, 3, i, 1) for i in range(B)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from corpus import setup_task
+from corpus import random_padded_batch, setup_task
 from fairseq_hkd.data.tempo import TempoConfig, draw_factor, stretch, tempo_batch
 
 
@@ -39,11 +39,8 @@ def test_stretch_is_linear_interpolation_with_the_ends_kept():
 
 def test_batch_stretches_each_utterance_by_its_own_draw():
     rng = np.random.default_rng(1)
-    B, T, F = 5, 60, 4
-    lengths = torch.tensor([60, 41, 23, 60, 9])
-    src = torch.zeros(B, T, F)
-    for b, n in enumerate(lengths.tolist()):
-        src[b, :n] = torch.from_numpy(rng.uniform(1, 2, (n, F)).astype(np.float32))
+    B, F = 5, 4
+    src, lengths = random_padded_batch([60, 41, 23, 60, 9], F, rng)
     cfg = TempoConfig(0.8, 1.25, prob=0.9)
     seeds = [(7, 3, i, 3) for i in range(B)]
     out, new_lengths, factors = tempo_batch(src, lengths, cfg, seeds)
