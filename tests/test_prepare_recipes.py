@@ -156,3 +156,22 @@ def test_synth_prepare_sh_stage0(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "n_train 2 (asked 5800)" in proc.stderr and "--n-train 2" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # stage 4 on a folder made before the dev split (no dev.tsv, no dev settings in its config): dev is
+    # synthesized (heldout's sentence, another voice) and gets its fbank store; the rest is left alone
+    assert len(read_manifest(os.path.join(data, "dev.tsv"))) == 1  # stage 0 makes dev today
+    config = os.path.join(data, "synth_config.json")
+    with open(config) as f:
+        old = json.load(f)
+    with open(config, "w") as f:
+        json.dump({k: v for k, v in old.items() if k not in ("n_dev", "dev_voices")}, f)
+    os.remove(os.path.join(data, "dev.tsv"))
+    shutil.rmtree(os.path.join(data, "wav", "dev"))
+    train_wav = os.path.join(data, "wav", "train", "train_00000.wav")
+    os.utime(train_wav, (1, 1))
+    _run("synth/prepare.sh", "--data", data, "--n-train", "2", "--n-heldout", "1", "--n-test", "1",
+         "--stage", "4")
+    dev, = read_manifest(os.path.join(data, "dev.tsv"))
+    held, = read_manifest(os.path.join(data, "heldout.tsv"))
+    assert dev.tgt_text == held.tgt_text and dev.speaker != held.speaker
+    assert os.path.exists(os.path.join(data, "dev.fbank.bin")) and os.stat(train_wav).st_mtime == 1
+    assert not os.path.exists(os.path.join(data, "dict.txt"))  # stages 1-3 not run

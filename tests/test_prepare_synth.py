@@ -1,5 +1,6 @@
 """The synthesized demo corpus: sentence sources, pool filter, and a tiny espeak-ng + sox run."""
 import csv
+import json
 import os
 import shutil
 
@@ -107,9 +108,9 @@ def test_tiny_corpus_audio_and_transcripts(tiny_synth):
     _, out, _ = tiny_synth
     with open(out / "utterances.tsv", encoding="utf-8") as f:
         plan = {r["id"]: r for r in csv.DictReader(f, delimiter="\t")}
-    assert len(plan) == 10
+    assert len(plan) == 12
     texts = {}
-    for split, n in (("train", 6), ("heldout", 2), ("test", 2)):
+    for split, n in (("train", 6), ("heldout", 2), ("test", 2), ("dev", 2)):
         entries = read_manifest(out / f"{split}.tsv")
         assert len(entries) == n
         for e in entries:
@@ -126,6 +127,7 @@ def test_tiny_corpus_audio_and_transcripts(tiny_synth):
             texts.setdefault(split, set()).add(e.tgt_text)
     assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["heldout"])
     assert not (texts["heldout"] & texts["test"])
+    assert texts["dev"] == texts["heldout"]  # dev reads heldout's sentences with other voices
 
 
 @needs_tts
@@ -142,6 +144,36 @@ def test_test_voices_never_in_training(tiny_synth):
     with pytest.raises(ValueError, match="in both"):
         synth.plan_corpus(S.build_pool({"x": SENTENCES}, 3, 12, 0), {"train": 1, "heldout": 0, "test": 1}, 0,
                           ["en-us+m1"], ["en-us+m1"], (150, 150), (50, 50))
+
+
+@needs_tts
+def test_dev_voices_are_neither_training_nor_test_voices(tiny_synth):
+    _, out, manifests = tiny_synth
+    dev_voices = {u.speaker for u in manifests["dev"]}
+    assert dev_voices <= set(synth.DEV_VOICES)
+    variants = lambda vs: {v.split("+")[1] for v in vs}  # noqa: E731
+    bases = lambda vs: {v.split("+")[0] for v in vs}  # noqa: E731
+    assert not variants(synth.DEV_VOICES) & (variants(synth.TRAIN_VOICES) | variants(synth.TEST_VOICES))
+    assert not bases(synth.DEV_VOICES) & bases(synth.TRAIN_VOICES)  # unseen accents, like test's
+    heldout = {u.id.split("_")[1]: u for u in manifests["heldout"]}
+    for u in manifests["dev"]:  # dev_0000i reads heldout_0000i's sentence
+        assert u.tgt_text == heldout[u.id.split("_")[1]].tgt_text
+
+
+def test_dev_split_changes_no_other_split():
+    pool = S.build_pool({"x": SENTENCES}, 3, 12, 0)
+    sizes = {"train": 6, "heldout": 3, "test": 2}
+    args = (5, synth.TRAIN_VOICES, synth.TEST_VOICES, (130, 200), (30, 70))
+    without = synth.plan_corpus(pool, sizes, *args)
+    with_dev = synth.plan_corpus(pool, {**sizes, "dev": 2}, *args, synth.DEV_VOICES)
+    assert [u for u in with_dev if u.split != "dev"] == without
+    dev = [u for u in with_dev if u.split == "dev"]
+    assert [u.text for u in dev] == [u.text for u in without if u.split == "heldout"][:2]
+    assert all(u.voice in synth.DEV_VOICES for u in dev)
+    with pytest.raises(ValueError, match="--n-dev 4 is more than --n-heldout 3"):
+        synth.plan_corpus(pool, {**sizes, "dev": 4}, *args, synth.DEV_VOICES)
+    with pytest.raises(ValueError, match="in both --train-voices and --dev-voices"):
+        synth.plan_corpus(pool, {**sizes, "dev": 1}, *args, ["en-us+m1"])
 
 
 @needs_tts
@@ -163,6 +195,18 @@ def test_deterministic_and_resumable(tiny_synth):
     # resuming with other settings is refused
     with pytest.raises(ValueError, match="seed differ"):
         synth.prepare(_args(out2, d / "sentences.txt", "--seed", "8"))
+    # a folder made before the dev split existed (its config lacks n_dev, dev_voices) gets dev added,
+    # nothing else synthesized again; another dev size on a folder that records one is refused
+    config = out2 / "synth_config.json"
+    old = json.loads(config.read_text())
+    shutil.rmtree(out2 / "wav" / "dev")
+    (out2 / "dev.tsv").unlink()
+    config.write_text(json.dumps({k: v for k, v in old.items() if k not in ("n_dev", "dev_voices")}))
+    synth.prepare(_args(out2, d / "sentences.txt"))
+    assert json.loads(config.read_text())["n_dev"] == 2 and keep.stat().st_mtime == 1
+    assert len(read_manifest(out2 / "dev.tsv")) == 2
+    with pytest.raises(ValueError, match="n_dev differ"):
+        synth.prepare(_args(out2, d / "sentences.txt", "--n-dev", "1"))
 
 
 def test_pool_too_small_is_a_clear_error():

@@ -127,21 +127,22 @@ if [ "$curve" = yes ] && ls "$exp/cif-s1"/checkpoint[0-9]*.pt > /dev/null 2>&1; 
 fi
 
 stats() {  # stats FILE...: "mean ± sd (min-max)" of the numbers in the files
-  cat "$@" | awk '{x[NR]=$1; s+=$1} END {m=s/NR; for(i=1;i<=NR;i++){v+=(x[i]-m)^2; if(i==1||x[i]<lo)lo=x[i]; if(i==1||x[i]>hi)hi=x[i]}
+  cat "$@" | awk 'NF {n++; x[n]=$1; s+=$1} END {if (!n) {printf "-"; exit} NR=n; m=s/NR; for(i=1;i<=NR;i++){v+=(x[i]-m)^2; if(i==1||x[i]<lo)lo=x[i]; if(i==1||x[i]>hi)hi=x[i]}
     printf "%.2f ± %.2f (%.2f-%.2f)", m, (NR>1 ? sqrt(v/(NR-1)) : 0), lo, hi}'
 }
 field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
 {
-  echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | heldout fire-count acc. % | seeds |"
-  echo "|---|---|---|---|---|---|"
+  echo "| system | criterion weights | test WER % (unseen voices) | heldout WER % | dev WER % (other unseen voices) | heldout fire-count acc. % | seeds |"
+  echo "|---|---|---|---|---|---|---|"
   for sys in cif acd lrd hkd; do
     [ -n "$(seeds_of $sys)" ] && has_results $sys || continue  # --part-seeds "": CIF and HKD only; --only
     read -r criterion acd lrd <<< "${systems[$sys]}"
-    tst=() held=() fire=()
+    tst=() held=() dev=() fire=()
     for seed in $(seeds_of $sys); do
       tst+=("$(field "$results/$sys-s$seed.txt" "WER test")"); held+=("$(field "$results/$sys-s$seed.txt" "WER heldout")")
+      dev+=("$(field "$results/$sys-s$seed.txt" "WER dev")")
       fire+=("$(field "$results/$sys-s$seed.txt" "heldout fire_acc")"); done
-    echo "| ${names[$sys]} | ACD $acd, LRD $lrd | $(printf '%s\n' "${tst[@]}" | stats /dev/stdin) | $(printf '%s\n' "${held[@]}" | stats /dev/stdin) | $(printf '%s\n' "${fire[@]}" | stats /dev/stdin) | $(seeds_of $sys) |"
+    echo "| ${names[$sys]} | ACD $acd, LRD $lrd | $(printf '%s\n' "${tst[@]}" | stats /dev/stdin) | $(printf '%s\n' "${held[@]}" | stats /dev/stdin) | $(printf '%s\n' "${dev[@]}" | stats /dev/stdin) | $(printf '%s\n' "${fire[@]}" | stats /dev/stdin) | $(seeds_of $sys) |"
   done
   echo
   echo "mean ± sample standard deviation (min-max) over seeds; conf/$conf.sh, $max_update updates of <= $max_tokens frames, beam $beam, commit $commit."

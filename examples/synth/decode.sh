@@ -2,7 +2,7 @@
 # Decode a trained model on the synthesized test sets with fairseq-generate and score WER.
 #
 # Usage:
-#   examples/synth/decode.sh --exp exp/synth/cif                    # checkpoint_best.pt, test + heldout
+#   examples/synth/decode.sh --exp exp/synth/cif                    # checkpoint_best.pt, test + heldout + dev
 #   examples/synth/decode.sh --exp exp/synth/hkd --beam 1 --subsets test
 #   examples/synth/decode.sh --exp exp/synth/cif --lm-path exp/synth/lm/checkpoint_best.pt --lm-weight 0.3
 #   examples/synth/decode.sh --exp exp/synth/cif --tail-threshold 0.4 --eos-slack 1
@@ -23,7 +23,7 @@ export PATH="$REPO/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 data=$REPO/data/synth
 exp=$REPO/exp/synth/cif
 checkpoint=checkpoint_best.pt
-subsets="test heldout"
+subsets="test heldout dev"
 beam=5
 lm_path=""   # language model for shallow fusion (lm.sh); empty: none
 lm_weight=0.3

