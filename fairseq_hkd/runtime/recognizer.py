@@ -324,15 +324,15 @@ def _silero_vad():
 
 
 def normalise_reference(text: str, units_cfg: dict) -> str:
-    """A manifest transcript as the units see it, without the tokenizer (scoring only): wordpiece
-    (an uncased BERT tokenizer's normaliser) lower-cases and strips accents; char / spm lower-case
+    """A manifest transcript as the units see it, without the tokenizer (scoring only): wordpiece and
+    word (an uncased BERT tokenizer's normaliser) lower-cases and strips accents; char / spm lower-case
     with ``lowercase``; spm also applies NFKC. For the demo's and LibriSpeech's transcripts this is
     ``Units.normalise``; other text may differ in details the PyTorch path gets from the tokenizer
     (control characters, spacing around CJK characters)."""
     import unicodedata
 
     unit = units_cfg.get("unit", "char")
-    if unit == "wordpiece":
+    if unit in ("wordpiece", "word"):  # both see the text through the PLM tokenizer's normaliser
         text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
     elif units_cfg.get("lowercase"):
         text = text.lower()

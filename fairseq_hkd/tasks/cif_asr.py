@@ -50,10 +50,10 @@ class CifAsrConfig(FairseqDataclass):
     data: str = field(default="", metadata={"help": "data directory with {split}.tsv manifests and dict.txt"})
     # units ------------------------------------------------------------------------------------
     unit: ChoiceEnum(UNIT_TYPES) = field(
-        default="char", metadata={"help": "ASR units: characters, PLM WordPiece tokens, or sentencepiece pieces"}
+        default="char", metadata={"help": "ASR units: characters, PLM WordPiece tokens, whole words (PLM-normalised), or sentencepiece pieces"}
     )
     tokenizer_dir: Optional[str] = field(
-        default=None, metadata={"help": "local PLM tokenizer directory (--unit wordpiece)"}
+        default=None, metadata={"help": "local PLM tokenizer directory (--unit wordpiece or word)"}
     )
     spm_model: Optional[str] = field(default=None, metadata={"help": "sentencepiece .model file (--unit spm)"})
     lowercase: bool = field(default=False, metadata={"help": "lowercase transcripts (--unit char/spm)"})

@@ -8,11 +8,12 @@ position j (the rows of the store) is built as follows.
 ``[CLS] y_0 .. y_{U-1} [SEP]`` (the unit symbols converted to ids, no re-tokenisation), so
 position j pairs with PLM position j + 1: ``[CLS]`` is dropped and ``[SEP]`` pairs with ``</s>``.
 
-Other units (``char``, ``spm``, any inventory that is not the PLM's): the text is rebuilt from the
+Other units (``char``, ``word``, ``spm``, any inventory that is not the PLM's): the text is rebuilt from the
 unit symbols, each unit's character span ``[a, b)`` in that text is recorded, the PLM tokenizes the
 text with character offsets, and the state of unit j is the **mean of the states of the PLM tokens
 whose spans overlap the unit's span**. So several characters of one word piece share its state, and
-an spm piece spanning two word pieces gets their mean. A unit that overlaps no PLM token (the
+an spm piece spanning two word pieces gets their mean, and a ``word`` unit the mean of its word pieces
+(``it's``: ``it``, ``'``, ``s``). A unit that overlaps no PLM token (the
 word separator ``|``, the lone ``▁`` piece, characters the tokenizer drops) gets the mean of the
 nearest PLM token before and after it. ``</s>`` pairs with ``[SEP]`` as above. For Chinese with
 ``char`` units and bert-base-chinese every character is one token, so this is the paper's 1:1 pairing.
@@ -33,7 +34,8 @@ Span = Tuple[int, int]
 def unit_char_spans(symbols: Sequence[str], unit: str) -> Tuple[str, List[Span]]:
     """Rebuild the text of ``symbols`` and the character span of every unit in it.
 
-    ``char``: ``|`` is a space; ``spm``: ``▁`` is a space (also the first one). Returns
+    ``char``: ``|`` is a space; ``word``: words joined by single spaces (a span excludes the space);
+    ``spm``: ``▁`` is a space (also the first one). Returns
     ``(text, spans)`` with ``len(spans) == len(symbols)``; a span covers the unit's characters,
     including the space a ``|`` or ``▁`` stands for.
     """
@@ -41,6 +43,14 @@ def unit_char_spans(symbols: Sequence[str], unit: str) -> Tuple[str, List[Span]]
     spans: List[Span] = []
     pos = 0
     for sym in symbols:
+        if unit == "word":
+            if parts:
+                parts.append(" ")
+                pos += 1
+            parts.append(sym)
+            spans.append((pos, pos + len(sym)))
+            pos += len(sym)
+            continue
         if unit == "char":
             piece = " " if sym == WORD_SEP else sym
         elif unit == "spm":

@@ -104,7 +104,7 @@ def get_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", nargs="+", required=True, help="training manifest(s) TSV")
     p.add_argument("--unit", choices=UNIT_TYPES, required=True, help="ASR unit type")
-    p.add_argument("--plm-dir", default=None, help="local PLM/tokenizer directory (--unit wordpiece)")
+    p.add_argument("--plm-dir", default=None, help="local PLM/tokenizer directory (--unit wordpiece or word)")
     p.add_argument("--spm-model", default=None, help="sentencepiece model (--unit spm); trained here with --spm-vocab-size")
     p.add_argument("--spm-vocab-size", type=int, default=None, help="train a unigram spm model of this size first")
     p.add_argument("--lowercase", action="store_true", help="lowercase transcripts (char/spm), as the task will")
