@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +134,59 @@ def test_task_batches_carry_wordpiece_teacher_states(tmp_path):
         assert (batch["teacher_states"][b, S:] == 0).all()
     with pytest.raises(FileNotFoundError, match="no teacher store for split 'valid'"):
         task.load_dataset("valid")
+
+
+def test_word_units_train_and_decode(tmp_path):
+    """word units end to end: build-dict + extract, the task's batch row i holds the mean of the PLM
+    states of word i's WordPieces (from a direct PLM run), then fairseq-train (cif_hkd) and
+    fairseq-generate, whose hypotheses and references are words of dict.txt."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from corpus import make_tiny_corpus
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.teacher.build_dict import build_dict
+    from test_teacher_extract import _direct_states
+
+    plm = make_tiny_plm(tmp_path / "plm")
+    data = make_tiny_corpus(tmp_path / "data", n_train=3, n_valid=2, unit="word", tokenizer_dir=plm, synth="tones",
+                            words=("the", "cats", "playing", "dog", "hat"))
+    build_dict([str(data / "train.tsv"), str(data / "valid.tsv")], "word", plm_dir=plm, out=str(data / "dict.txt"),
+               progress=False)
+    for split in ("train", "valid"):
+        extract_teacher(str(data / f"{split}.tsv"), plm, "word", dtype="float32", progress=False)
+    unit_args = ["--unit", "word", "--tokenizer-dir", plm]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), [
+        str(data), "--user-dir", USER_DIR, "--task", "cif_asr", *unit_args, "--load-teacher", "yes",
+        "--arch", "cif_tiny", "--criterion", "cif_hkd"]))
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    texts = {e.id: e.tgt_text for e in ds.entries}
+    pooled = 0
+    for b, utt in enumerate(batch["utt_id"]):
+        ref, toks = _direct_states(plm, texts[utt])
+        groups = []  # PLM positions (1..L) of each word's pieces
+        for k, tok in enumerate(toks[1:-1], start=1):
+            if tok.startswith("##"):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+        pooled += sum(len(g) > 1 for g in groups)
+        S = int(batch["target_lengths"][b])
+        assert [task.target_dictionary[i] for i in batch["target"][b, : S - 1]] == texts[utt].split()
+        expected = torch.from_numpy(np.stack([ref[g].mean(0) for g in groups] + [ref[-1]]))
+        torch.testing.assert_close(batch["teacher_states"][b, :S].double(), expected, atol=1e-5, rtol=0)
+    assert pooled > 0  # some word had several pieces
+    save = tmp_path / "ckpt"
+    _train(_train_args(data, save) + unit_args + ["--max-update", "2"])
+    _generate([data, "--results-path", tmp_path / "gen", "--user-dir", USER_DIR, "--task", "cif_asr", *unit_args,
+               "--path", save / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu", "--num-workers", "0",
+               "--batch-size", "2", "--load-teacher", "no", "--scoring", "wer"])
+    out = (tmp_path / "gen" / "generate-valid.txt").read_text()
+    words = {line.split()[0] for line in (data / "dict.txt").read_text().splitlines()}
+    refs = re.findall(r"^T-\d+\t(.*)$", out, re.M)
+    assert sorted(refs) == sorted(e.tgt_text for e in read_manifest(data / "valid.tsv"))  # scored as words
+    for hyp in re.findall(r"^H-\d+\t\S+\t(.*)$", out, re.M):
+        assert set(hyp.split()) <= words
