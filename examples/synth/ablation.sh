@@ -44,6 +44,7 @@ threads=auto      # threads per run (auto: nproc / parallel)
 curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
 redecode=no       # yes: runs trained before are decoded again (their summaries in RESULTS are still kept)
 only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
+unit=word         # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
 acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
 
@@ -70,7 +71,7 @@ for seed in $(echo $main_seeds $part_seeds | tr ' ' '\n' | sort -un); do
   done
 done
 
-"$HERE/prepare.sh" --data "$data"
+"$HERE/prepare.sh" --data "$data" --unit "$unit"
 
 # Runs go side by side, `--parallel` at a time, each on nproc / parallel threads (two 1-thread runs
 # make more updates per second in total than one 2-thread run on 2 cores).
@@ -82,17 +83,17 @@ run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless 
     log "$sys seed $seed: result kept in $results, skipped"; return 0
   elif [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ] && [ "$redecode" = yes ]; then
     log "$sys seed $seed: trained before, decoding again ($threads thread(s))"
-    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam" > /dev/null
+    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --unit "$unit" --exp "$dir" --beam "$beam" > /dev/null
   elif [ -f "$dir/wer-summary-test.txt" ] && [ -f "$dir/wer-summary-heldout.txt" ]; then
     log "$sys seed $seed: done before, skipped"
   else
     [ "$sys:$seed:$curve" = "cif:1:yes" ] && epochs=yes
     log "$sys seed $seed: training ($threads thread(s))"
-    OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$dir" --criterion "$criterion" \
+    OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --unit "$unit" --exp "$dir" --criterion "$criterion" \
       --acd-weight "$acd" --lrd-weight "$lrd" --seed "$seed" --max-update "$max_update" --max-tokens "$max_tokens" --conf "$conf" \
       --epoch-checkpoints "$epochs" | { grep --line-buffered -E "\| heldout \||done training" | sed -u "s/^/[$sys-s$seed] /" || true; }
     grep -q "done training" "$dir/train.log" || { echo "$0: training $sys seed $seed failed: $dir/train.log" >&2; return 1; }
-    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$dir" --beam "$beam"
+    OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --unit "$unit" --exp "$dir" --beam "$beam"
   fi
   local at=$commit; [ "$redecode" != yes ] || at="$commit (decoded again; trained before, command below)"
   "$HERE/summarize.sh" --exp "$dir" --commit "$at" --out "$results/$sys-s$seed.txt" > /dev/null
@@ -113,7 +114,7 @@ if [ "$curve" = yes ] && ls "$exp/cif-s1"/checkpoint[0-9]*.pt > /dev/null 2>&1; 
   echo -e "epoch\tupdates\theldout_wer\tfire_acc\ttf_ter" > "$curve_file.tmp"
   for ckpt in $(ls "$exp/cif-s1"/checkpoint[0-9]*.pt | sort -V); do
     epoch=$(basename "$ckpt" .pt); epoch=${epoch#checkpoint}
-    OMP_NUM_THREADS=$(nproc) "$HERE/decode.sh" --data "$data" --exp "$exp/cif-s1" --checkpoint "$(basename "$ckpt")" \
+    OMP_NUM_THREADS=$(nproc) "$HERE/decode.sh" --data "$data" --unit "$unit" --exp "$exp/cif-s1" --checkpoint "$(basename "$ckpt")" \
       --subsets heldout --beam "$beam" --suffix "-epoch$epoch" > /dev/null
     line=$(grep -E "\| heldout \| epoch $(printf %03d "$epoch") \| valid on" "$exp/cif-s1/train.log" | tail -n 1)
     get() { echo "$line" | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"; }

@@ -32,7 +32,7 @@ eos_slack=0
 count_search=""    # empty: the task's --cif-count-search (1)
 suffix=""
 plm=""
-unit=wordpiece     # ASR units (conf/task.sh): wordpiece | word (DATA made with prepare.sh --unit word)
+unit=word          # ASR units (conf/task.sh): word (since 2026-12-05) | wordpiece; as DATA was prepared
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name

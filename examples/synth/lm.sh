@@ -35,6 +35,7 @@ warmup=60
 max_tokens=4096
 seed=1
 plm=""
+unit=word          # ASR units, as DATA was prepared (conf/task.sh)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name

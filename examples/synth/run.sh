@@ -28,13 +28,14 @@ beam=5
 bf16=auto   # train.sh --bf16: auto | yes | no
 conf=tiny       # train.sh --conf: conf/$conf.sh, the model and training recipe
 max_tokens=5000 # train.sh --max-tokens: padded 10 ms frames per batch
+unit=word       # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
 acd_weight=0.05 # HKD's ACD weight (train.sh's default, chosen on heldout; 0.2 before 2026-12-03, the paper's 1.0: README)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
 
 start=$(date +%s)
-"$HERE/prepare.sh" --data "$data"
+"$HERE/prepare.sh" --data "$data" --unit "$unit"
 if [ "$max_update" = auto ]; then  # as many updates as fit the demo's ~20 minutes on 2 cores
   max_update=1300
   if [ "$bf16" = yes ] || { [ "$bf16" = auto ] && "$REPO/.venv/bin/python" -c \
@@ -51,7 +52,7 @@ train_one() {  # train_one MODEL CRITERION: train unless done before; progress l
   local model=$1 criterion=$2
   if [ -f "$exp/$model/checkpoint_best.pt" ] && grep -q "done training" "$exp/$model/train.log" 2>/dev/null; then
     log "$model: trained before ($exp/$model), skipped"; return 0; fi
-  OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --exp "$exp/$model" --criterion "$criterion" \
+  OMP_NUM_THREADS=$threads "$HERE/train.sh" --data "$data" --unit "$unit" --exp "$exp/$model" --criterion "$criterion" \
     --acd-weight "$acd_weight" --conf "$conf" --seed "$seed" --max-update "$max_update" --max-tokens "$max_tokens" --train-minutes "$train_minutes" --bf16 "$bf16" \
     | { grep --line-buffered -E "\| (train|heldout) \||train_inner|done training" | sed -u "s/^/[$model] /" || true; }
   grep -q "done training" "$exp/$model/train.log" || { echo "$0: training $model failed: $exp/$model/train.log" >&2; return 1; }
@@ -68,8 +69,8 @@ train_one cif cif & pid_cif=$!
 train_one hkd cif_hkd & pid_hkd=$!
 wait_both training
 log "decoding test, heldout and dev with fairseq-generate (beam $beam)"
-OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/cif" --beam "$beam" & pid_cif=$!
-OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --exp "$exp/hkd" --beam "$beam" & pid_hkd=$!
+OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --unit "$unit" --exp "$exp/cif" --beam "$beam" & pid_cif=$!
+OMP_NUM_THREADS=$threads "$HERE/decode.sh" --data "$data" --unit "$unit" --exp "$exp/hkd" --beam "$beam" & pid_hkd=$!
 wait_both decoding
 
 {

@@ -27,7 +27,7 @@ conf=tiny          # conf/$conf.sh
 bf16=auto          # bf16 autocast of training forward passes: auto (where the CPU computes bf16 natively) | yes | no
 epoch_checkpoints=no  # yes: also keep checkpointN.pt of every epoch (learning curves)
 plm=""
-unit=wordpiece     # ASR units (conf/task.sh): wordpiece | word (DATA made with prepare.sh --unit word)
+unit=word          # ASR units (conf/task.sh): word (since 2026-12-05) | wordpiece; as DATA was prepared
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name

@@ -20,6 +20,7 @@ beam=5
 lm_path=""
 tails="0.4 0.5"
 slacks="0 1"
+unit=word          # ASR units, as DATA was prepared (conf/task.sh)
 lm_weights="0.1 0.2 0.3 0.5"
 
 . "$REPO/examples/common.sh"
@@ -28,7 +29,7 @@ parse_options "$@"  # --some-name VALUE sets some_name
 table=$exp/decode-tuning.tsv
 printf "setting\theldout_wer\ttest_wer\n" > "$table"
 decode() {  # decode SUBSET TAIL SLACK [LM_WEIGHT] -> prints the WER
-  local subset=$1 tail=$2 slack=$3 w=${4:-} args=(--data "$data" --exp "$exp" --beam "$beam" --subsets "$1"
+  local subset=$1 tail=$2 slack=$3 w=${4:-} args=(--data "$data" --exp "$exp" --unit "$unit" --beam "$beam" --subsets "$1"
     --tail-threshold "$2" --eos-slack "$3" --suffix "-beam$beam")
   [ -z "$w" ] || args+=(--lm-path "$lm_path" --lm-weight "$w")
   "$HERE/decode.sh" "${args[@]}" > /dev/null
