@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from fairseq_hkd.data.units import decode_units
+from fairseq_hkd.data.units import PLM_NORMALISED, decode_units
 from fairseq_hkd.runtime.cif import CifResult, cif_numpy, fire_frames
 from fairseq_hkd.runtime.count import candidate_counts, choose_candidates, ctc_log_likelihood, scale_alpha
 from fairseq_hkd.runtime.frontend import Frontend
@@ -332,7 +332,7 @@ def normalise_reference(text: str, units_cfg: dict) -> str:
     import unicodedata
 
     unit = units_cfg.get("unit", "char")
-    if unit in ("wordpiece", "word"):  # both see the text through the PLM tokenizer's normaliser
+    if unit in PLM_NORMALISED:
         text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
     elif units_cfg.get("lowercase"):
         text = text.lower()
