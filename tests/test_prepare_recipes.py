@@ -175,3 +175,15 @@ def test_synth_prepare_sh_stage0(tmp_path):
     assert dev.tgt_text == held.tgt_text and dev.speaker != held.speaker
     assert os.path.exists(os.path.join(data, "dev.fbank.bin")) and os.stat(train_wav).st_mtime == 1
     assert not os.path.exists(os.path.join(data, "dict.txt"))  # stages 1-3 not run
+    # units: a folder whose dictionary was made before DATA/unit existed is a wordpiece folder, one made
+    # since says which; asking for other units is one line naming both, no stage run
+    open(os.path.join(data, ".stage1.done"), "w").close()
+    for made, asked in ((None, "word"), ("word", "wordpiece")):
+        if made:
+            with open(os.path.join(data, "unit"), "w") as f:
+                f.write(made + "\n")
+        proc = subprocess.run(["bash", os.path.join(REPO, "examples", "synth/prepare.sh"), "--data", data,
+                               "--n-train", "2", "--n-heldout", "1", "--n-test", "1", "--unit", asked],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert f"prepared with --unit {made or 'wordpiece'} (asked {asked})" in proc.stderr
