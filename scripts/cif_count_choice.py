@@ -38,7 +38,8 @@ def decode_candidates(path: str, data: str, split: str, beam: int, radius: int) 
     import fairseq_hkd  # noqa: F401  (registers the task and model)
     from fairseq_hkd.generation.cif_generator import CifGenerator, CifSearchResult
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [path], arg_overrides={"data": data, "load_teacher": "no"})  # the model alone, also for HKD checkpoints
     model = models[0].eval()
     d = task.target_dictionary
     gen = CifGenerator([model], d, beam_size=beam, count_search=radius)

@@ -37,7 +37,9 @@ def main() -> None:
     import fairseq_hkd  # noqa: F401  (registers the task and model)
     from fairseq_hkd.criterions.losses import predicted_token_counts
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides={"data": args.data})
+    # the model alone: an HKD checkpoint's task would otherwise want a teacher store for every split
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [args.path], arg_overrides={"data": args.data, "load_teacher": "no"})
     model = models[0].eval()
     for split in args.splits:
         task.load_dataset(split)
@@ -70,6 +72,8 @@ def main() -> None:
         print(f"{split}\tsum(alpha) ~ {coef[0]:.3f} S + {coef[1]:.4f} frames {coef[2]:+.3f} (least squares); "
               f"|residual| < 0.5 for {100 * np.mean(np.abs(resid) < 0.5):.1f} %")
         for name, k in zip(("slow", "middle", "fast"), np.array_split(np.argsort(rate), 3)):
+            if k.size == 0:  # fewer than three utterances
+                continue
             print(f"{split}\t{name} third ({rate[k].min():.2f}-{rate[k].max():.2f} tokens/s)\tfire-count accuracy "
                   f"{100 * correct[k].mean():.1f} %\tmean(sum(alpha) - S) {err[k].mean():+.3f}")
         ctc = torch.cat(ctc_counts).numpy()

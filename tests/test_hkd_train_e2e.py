@@ -4,6 +4,8 @@ projections are checkpointed) and fairseq-generate (which never needs them)."""
 import logging
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,15 @@ def test_fairseq_train_cif_hkd_resume_and_generate(hkd_data, tmp_path, caplog):
                 "--batch-size", "2", "--load-teacher", "no"])
     out = (tmp_path / "gen" / "generate-valid.txt").read_text()
     assert len(re.findall(r"^H-\d+\t", out, re.M)) == 2, out
+    # so do the analysis scripts, on a split that has no teacher store (the HKD checkpoint's task
+    # was trained with --load-teacher yes)
+    bare = tmp_path / "bare"
+    shutil.copytree(data, bare, ignore=shutil.ignore_patterns("*.teacher.*"))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fire_count_calibration.py"
+    run = subprocess.run([sys.executable, str(script), "--path", str(save / "checkpoint_last.pt"), "--data", str(bare),
+                          "--splits", "valid", "--scales", "1.0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"^valid\tscale 1.00\tfire-count accuracy (0.0|50.0|100.0) %", run.stdout, re.M), run.stdout
 
 
 def test_fairseq_train_stops_on_a_stale_teacher_store(hkd_data, tmp_path):
