@@ -156,6 +156,15 @@ def test_synth_prepare_sh_stage0(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "n_train 2 (asked 5800)" in proc.stderr and "--n-train 2" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # the training voices: made with the default (wide) set, asked for the narrow one (the corpora before
+    # 2026-12-05): one line naming both, nothing run
+    with open(os.path.join(data, "synth_config.json")) as f:
+        assert len(json.load(f)["train_voices"]) == 204
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples", "synth/prepare.sh"), "--data", data,
+                           "--n-train", "2", "--n-heldout", "1", "--n-test", "1", "--voices", "narrow"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "made with --voices wide (asked --voices narrow): pass --voices wide" in proc.stderr
     # stage 4 on a folder made before the dev split (no dev.tsv, no dev settings in its config): dev is
     # synthesized (heldout's sentence, another voice) and gets its fbank store; the rest is left alone
     assert len(read_manifest(os.path.join(data, "dev.tsv"))) == 1  # stage 0 makes dev today

@@ -2,7 +2,9 @@
 import csv
 import json
 import os
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import soundfile as sf
 
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.prepare import sentences as S
-from fairseq_hkd.prepare import synth
+from fairseq_hkd.prepare import synth, voices
 
 needs_tts = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
                                reason="espeak-ng and sox (Debian) are needed")
@@ -144,6 +146,46 @@ def test_test_voices_never_in_training(tiny_synth):
     with pytest.raises(ValueError, match="in both"):
         synth.plan_corpus(S.build_pool({"x": SENTENCES}, 3, 12, 0), {"train": 1, "heldout": 0, "test": 1}, 0,
                           ["en-us+m1"], ["en-us+m1"], (150, 150), (50, 50))
+
+
+def test_training_voice_sets():
+    """The narrow set is the corpus of before 2026-12-05, voice for voice and in order (voices are drawn
+    by index); the wide set keeps it as its first variants; a set's name expands, voices pass through."""
+    narrow = [f"{a}+{v}" for a in ("en-us", "en-gb", "en-gb-scotland", "en-029")
+              for v in ("m1", "m2", "m3", "m4", "f1", "f2", "f3")]
+    assert voices.TRAIN_VOICE_SETS["narrow"] == narrow
+    assert len(voices.TRAIN_VOICES) == 204 == len(set(voices.TRAIN_VOICES))
+    assert voices.TRAIN_VARIANTS["wide"][:7] == voices.TRAIN_VARIANTS["narrow"]
+    assert voices.train_voices(["narrow"]) == narrow and voices.train_voices(["wide"]) == voices.TRAIN_VOICES
+    assert voices.train_voices(["en-us+m1", "en-gb+f1"]) == ["en-us+m1", "en-gb+f1"]
+    assert synth.get_parser().parse_args(["--out", "x"]).train_voices == ["wide"]
+
+
+def _espeak_variants_dir():
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"Data at: (\S+)", out)
+    return os.path.join(m.group(1), "voices", "!v") if m else None
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian) is needed")
+def test_training_variants_exist_and_differ_from_test_and_dev_variants():
+    """Every training variant is a file of espeak-ng (a missing one would fall back silently), and none
+    defines the same voice as a test or dev variant under another name (formants, pitch, ...)."""
+    vdir = _espeak_variants_dir()
+    assert vdir and os.path.isdir(vdir), vdir
+
+    def definition(variant):
+        with open(os.path.join(vdir, variant), encoding="utf-8", errors="replace") as f:
+            return sorted(" ".join(line.split()) for line in f
+                          if line.strip() and not line.lstrip().startswith(("name", "language", "//")))
+
+    held_out = {v.split("+")[1] for v in voices.TEST_VOICES + voices.DEV_VOICES}
+    for variant in voices.TRAIN_VARIANTS["wide"]:
+        assert os.path.isfile(os.path.join(vdir, variant)), variant
+        assert variant not in held_out
+        for other in held_out:
+            assert definition(variant) != definition(other), (variant, other)
+            assert not (variant.lower().startswith(other.lower()) and len(other) > 2), (variant, other)  # steph2
 
 
 @needs_tts

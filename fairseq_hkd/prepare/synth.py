@@ -14,6 +14,8 @@ most frequent words. Three splits with disjoint sentences, and a fourth that rea
               voice variants that neither training nor test uses. It is where choices meant for unseen
               voices are made (augmentation), so that test is only reported; heldout, read by the
               training voices, cannot tell whether such a choice pays.
+The voices are in :mod:`fairseq_hkd.prepare.voices` (``--train-voices wide``, the default since 2026-12-05:
+204 training voices; ``narrow``: the 28 of before; or the voices themselves).
 Voice, speed (words/min) and pitch are drawn per utterance. Everything is deterministic given
 ``--seed`` (sox runs without dither), and a rerun skips the wav files that already exist, so an
 interrupted run resumes; ``synth_config.json`` guards against resuming with other settings.
@@ -48,16 +50,11 @@ from fairseq_hkd.prepare.common import (
 from fairseq_hkd.prepare.sentences import (
     FORTUNE_DIR, SOURCES, WORDNET_DIR, Pool, build_pool, read_sentence_file, read_sources,
 )
+from fairseq_hkd.prepare.voices import DEV_VOICES, TEST_VOICES, TRAIN_VOICE_SETS, TRAIN_VOICES, train_voices
 
 logger = logging.getLogger("fairseq_hkd.prepare.synth")
 
 SPLITS = ("train", "heldout", "test", "dev")
-TRAIN_VOICES = [f"{lang}+{var}" for lang in ("en-us", "en-gb", "en-gb-scotland", "en-029")
-                for var in ("m1", "m2", "m3", "m4", "f1", "f2", "f3")]
-TEST_VOICES = [f"{lang}+{var}" for lang in ("en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-               for var in ("m5", "m6", "m7", "f4", "f5")]
-DEV_VOICES = [f"{lang}+{var}" for lang in ("en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-              for var in ("m8", "robert", "paul", "Annie", "linda", "steph")]
 # settings a corpus folder made before they existed lacks; their defaults are what such a folder means
 ADDED_SETTINGS = ("n_dev", "dev_voices")
 
@@ -222,6 +219,7 @@ def prepare(args: argparse.Namespace) -> Dict[str, List[Utterance]]:
     logger.info("sentence pool: %s", ", ".join(f"{k} {v}" for k, v in pool.stats.items()))
     if args.n_dev is None:
         args.n_dev = args.n_heldout
+    args.train_voices = train_voices(args.train_voices)  # a set's name -> its voices
     sizes = {"train": args.n_train, "heldout": args.n_heldout, "test": args.n_test, "dev": args.n_dev}
     config = {k: v for k, v in vars(args).items() if k not in ("out", "jobs", "verbose")}
     config.update(espeak_version=espeak_version, pool_stats=pool.stats, train_voices=list(args.train_voices),
@@ -274,7 +272,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-words", type=int, default=12, help="longest sentence kept (words)")
     p.add_argument("--vocab-size", type=int, default=700,
                    help="keep sentences made of the pool's N most frequent words (0: no restriction)")
-    p.add_argument("--train-voices", nargs="+", default=TRAIN_VOICES, help="espeak-ng voices for train/heldout")
+    p.add_argument("--train-voices", nargs="+", default=["wide"],
+                   help=f"espeak-ng voices for train/heldout, or one of the sets {sorted(TRAIN_VOICE_SETS)} "
+                        f"(voices.py; wide: {len(TRAIN_VOICES)} voices since 2026-12-05, narrow: 28 before)")
     p.add_argument("--test-voices", nargs="+", default=TEST_VOICES, help="espeak-ng voices for test")
     p.add_argument("--dev-voices", nargs="+", default=DEV_VOICES,
                    help="espeak-ng voices for dev (none of --train-voices or --test-voices)")
