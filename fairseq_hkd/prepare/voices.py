@@ -8,7 +8,7 @@ are neither training's nor test's. The order of a list is part of the corpus (vo
 Training voices: ``wide`` (the default since 2026-12-05) is four accents x 51 variants: every human
 variant of espeak-ng 1.51 except test's and dev's and their relatives (steph2, steph3); left out too are
 the robots, whisper, croak and the klatt synthesizers. ``narrow`` (before) is the same accents x 7
-variants. Chosen on dev (unseen voices): README, "Training voices".
+variants. Chosen on dev (unseen voices): ``examples/synth/results/wide-voices/README.md``.
 """
 TRAIN_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029")
 TRAIN_VARIANTS = {
