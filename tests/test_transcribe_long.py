@@ -273,6 +273,40 @@ def test_failures_are_isolated_and_in_order(tmp_path):
         assert "\n" not in errors[name]
 
 
+def test_non_finite_samples_fail_their_file_only(tmp_path):
+    """A float file with a NaN deep inside a long recording (after earlier segments were decoded) and a
+    short one with an infinity: each gets one error line naming the file and the time of the first bad
+    sample (a NaN would otherwise make every fbank frame NaN and stop the run); the files around them
+    are transcribed."""
+    good, _ = bursts([(0.3, 1.0, 400)])
+    long, _ = bursts([(0.5, 1.5, 600)] * 5)
+    long[int(7.5 * SR):int(7.5 * SR) + 3] = np.nan
+    short = good.copy()
+    short[SR // 2] = np.inf
+    sf.write(tmp_path / "a_good.wav", good, SR)
+    sf.write(tmp_path / "b_damaged.wav", long, SR, subtype="FLOAT")
+    sf.write(tmp_path / "c_inf.wav", short, SR, subtype="FLOAT")
+    sf.write(tmp_path / "d_good.wav", good, SR)
+    decoded = []
+
+    def decode(items, pieces):
+        decoded.extend(p.item_index for p in pieces)
+        return fake_decode(items, pieces)
+
+    pipe = make_pipeline(batch_size=1, chunk_batches=1)
+    pipe.decode = decode
+    results = list(pipe.run(collect_inputs([str(tmp_path)])))
+    assert [(r.utt_id, r.ok) for r in results] == [("a_good", True), ("b_damaged", False), ("c_inf", False),
+                                                    ("d_good", True)]
+    assert results[0].text == results[3].text == "f400"
+    assert 1 in decoded  # the long file's first segments were decoded before its NaN was read
+    assert results[1].line() == (f"audio {tmp_path / 'b_damaged.wav'} has 3 non-finite sample value(s) (NaN or "
+                                 "infinity), the first at 7.500 s; the file is damaged: re-export it")
+    assert "1 non-finite" in results[2].line() and "at 0.500 s" in results[2].line()
+    with pytest.raises(AudioError, match=r"m\.tsv:9: audio .*c_inf\.wav has 1 non-finite .* at 0\.500 s"):
+        read_audio(str(tmp_path / "c_inf.wav"), "m.tsv:9")  # training and fairseq-generate read this way
+
+
 def test_programming_errors_propagate(tmp_path):
     good, _ = bursts([(0.3, 1.0, 400)])
     sf.write(tmp_path / "a.wav", good, SR)

@@ -40,6 +40,18 @@ class AudioCounters:
 COUNTERS = AudioCounters()
 
 
+def check_finite(x: np.ndarray, path: str, rate: int, offset: int = 0, where: str = "") -> None:
+    """Raise ``AudioError`` if the samples ``x`` ([n] or [n, channels], starting ``offset`` samples into
+    the file) hold a NaN or an infinity: a float file damaged or written by a broken tool, which
+    would otherwise turn every feature of the utterance into NaN."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    first = offset + int(np.argmin(finite.all(axis=1) if finite.ndim == 2 else finite))
+    raise AudioError(f"{where + ': ' if where else ''}audio {path} has {int((~finite).sum())} non-finite sample value(s) "
+                     f"(NaN or infinity), the first at {first / rate:.3f} s; the file is damaged: re-export it")
+
+
 def resampled_length(n_samples: int, sr_in: int, sr_out: int = SAMPLE_RATE) -> int:
     """Samples that :func:`resample` makes of ``n_samples`` at ``sr_in``: ceil(n * sr_out / sr_in)."""
     g = math.gcd(int(sr_in), int(sr_out))
@@ -92,6 +104,7 @@ def read_audio(
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
         raise AudioError(f"{tag}cannot read audio {path}: {e}") from e
     n, channels = wav.shape
+    check_finite(wav, path, sr, where=where)
     if n == 0:
         raise AudioError(f"{tag}audio {path} is empty (0 samples); remove the line or fix the file")
     if expected_samples is not None and n != expected_samples:

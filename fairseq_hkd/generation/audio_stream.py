@@ -5,7 +5,8 @@ Torch-free (numpy, soundfile, scipy), shared by ``fairseq-hkd-transcribe`` and t
 with the same polyphase filter as ``fairseq_hkd.data.audio.resample`` (``scipy.signal.resample_poly``),
 each block taken with ``margin`` input samples of context on both sides and trimmed, so the result
 equals resampling the whole file (up to float rounding) and has ``resampled_length(n, rate)`` samples.
-Multi-channel audio is averaged to mono. Problems with the file raise ``AudioError`` naming it.
+Multi-channel audio is averaged to mono. Problems with the file (unreadable, empty, NaN or infinite
+samples) raise ``AudioError`` naming it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import soundfile as sf
 
-from fairseq_hkd.data.audio import COUNTERS, SAMPLE_RATE, AudioError, resample, wrong_rate_error
+from fairseq_hkd.data.audio import COUNTERS, SAMPLE_RATE, AudioError, check_finite, resample, wrong_rate_error
 
 __all__ = ["AudioStream", "AudioError", "DEFAULT_BLOCK_S"]
 
@@ -90,6 +91,7 @@ class AudioStream:
             x = f.read(frames=self.block, dtype="float32", always_2d=True)
             if x.shape[0] == 0:
                 break
+            check_finite(x, self.path, self.file_rate, offset=total)
             total += x.shape[0]
             yield x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
         if total == 0:
