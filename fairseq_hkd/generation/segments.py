@@ -10,12 +10,20 @@ Torch-free (numpy), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. A
 2. A segment longer than ``max_segment_s`` is cut at the best pause in its second half: a
    non-speech frame if there is one, else the frame of least energy (3-frame average), so speech
    without pauses is cut between words where it can be and never grows beyond the maximum.
-3. Segments shorter than ``min_speech_s`` are dropped (clicks, breaths); the others get
-   ``pad_start_s`` of audio before and ``pad_end_s`` after where the neighbours leave room (cut
-   points of rule 2 are not padded: the two pieces meet). Defaults: 0.03 s before (Silero's own
-   ``speech_pad_ms``) and 0.25 s after (the demo's training utterances start at the first phoneme
-   and end with 0.25-0.4 s of silence; the demo model's WER moves by 2-4 points when 30-50 ms of
-   silence is added to or taken from an utterance's edges: BENCHMARKS.md, "Long recordings").
+3. Segments shorter than ``min_speech_s`` are dropped (clicks, breaths).
+4. Edges (``edges="speech"``, the default): a segment closed by a pause starts ``edge_pads_s[0]``
+   before its speech onset and ends ``edge_pads_s[1]`` after its speech offset, the first and last
+   4-ms sub-frame within ``edge_rel_db`` of the segment's loudest (searched from ``edge_search_s``
+   before the detector's first speech frame to as far after its last): the edges the model was
+   trained on, whatever the detector's timing. Silero marks speech 40 ms early to 20 ms late, and a
+   CIF model trained on utterances that start at their first phoneme and end with ~0.35 s of
+   silence loses 1-3 WER points to that alone (BENCHMARKS.md, "Long recordings", segment edges).
+   Where the segment's loudest sub-frame is less than ``edge_min_range_db`` above the noise floor
+   (the 10th percentile around it), onset and offset are not well defined and the detector's
+   edges are kept, as with ``edges="vad"``: ``pad_start_s`` before the first speech frame and
+   ``pad_end_s`` after the last (Silero's own ``speech_pad_ms`` and 0.25 s). Cut points of rule 2
+   are never moved or padded: the two pieces meet. An end after the audio analysed so far waits for
+   it (the span is given out a few frames later, or cut short by the next segment's start).
 
 Memory: the probabilities and energies of the open segment only (at most ``max_segment_s``);
 :meth:`Segmenter.keep_from` says which audio a later segment can still need.
@@ -52,9 +60,16 @@ class SegmenterConfig:
     pad_start_s: float = 0.03
     pad_end_s: float = 0.25
     sample_rate: int = 16000
+    edges: str = "speech"  # "speech": from the speech onset / offset (rule 4); "vad": the detector's frames + pads
+    edge_pads_s: Tuple[float, float] = (0.01, 0.35)  # before the onset, after the offset (chosen on heldout and dev)
+    edge_search_s: float = 0.1
+    edge_rel_db: float = 40.0
+    edge_min_range_db: float = 30.0
 
     def __post_init__(self):
         assert 0.0 < self.threshold < 1.0, f"threshold {self.threshold} must be in (0, 1)"
+        assert self.edges in ("speech", "vad"), f"edges {self.edges!r} must be 'speech' or 'vad'"
+        assert min(self.edge_pads_s) >= 0.0 and self.edge_search_s >= 0.0, (self.edge_pads_s, self.edge_search_s)
         assert 0.0 <= self.pad_end_s <= self.min_silence_s, (
             f"pad_end_s {self.pad_end_s} must be in [0, min_silence_s {self.min_silence_s}]: a segment's end pad "
             "must be audio already seen when the segment closes")
@@ -76,6 +91,11 @@ class Segmenter:
         self.max_frames = max(2, int(cfg.max_segment_s * sr // F))
         self.pad_start = int(round(cfg.pad_start_s * sr))
         self.pad_end = int(round(cfg.pad_end_s * sr))
+        self.speech_edges = cfg.edges == "speech"
+        self.S = F // 8 if F % 8 == 0 else F  # sub-frame samples (64: 4 ms) for the speech edges
+        self.back = int(np.ceil(cfg.edge_search_s * sr / F))  # frames searched before the first speech frame
+        self.edge_pre, self.edge_post = (int(round(x * sr)) for x in cfg.edge_pads_s)
+        self.reach = max(self.pad_start, self.back * F + self.edge_pre) if self.speech_edges else self.pad_start
         self.reset()
 
     def reset(self) -> None:
@@ -85,9 +105,13 @@ class Segmenter:
         self.n_frames = 0  # frames seen
         self.n_samples = 0  # samples seen
         self.start: Optional[int] = None  # first frame of the open segment (None: in a pause)
+        self.from_cut = False  # the open segment starts at a cut point (rule 2): its start stays
         self.silence = 0  # frames of the current run below neg_threshold
         self.probs: List[float] = []  # per frame of the open segment
         self.energy: List[float] = []
+        self.sub: List[np.ndarray] = []  # sub-frame levels (dB) per frame, from frame sub_first on
+        self.sub_first = 0
+        self.pending: Optional[Span] = None  # a closed span whose end is not analysed yet
         self.last_end = 0  # end sample of the last span given out
 
     # ------------------------------------------------------------------ public
@@ -101,44 +125,58 @@ class Segmenter:
             return []
         frames = x[: n * self.F].reshape(n, self.F)
         probs = np.asarray(self.detector(frames), dtype=np.float64).reshape(n)
-        energy = np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+        power = frames.astype(np.float64) ** 2
+        energy = np.log10(np.mean(power, axis=1) + 1e-10)
+        sub = 10.0 * np.log10(power.reshape(n, -1, self.S).mean(axis=2) + 1e-12)  # [n, F / S]
         out: List[Span] = []
-        for p, e in zip(probs.tolist(), energy.tolist()):
-            out += self._step(p, e)
+        for p, e, d in zip(probs.tolist(), energy.tolist(), sub):
+            out += self._step(p, e, d)
         return out
 
     def finish(self) -> List[Span]:
         """The end of the file: the open segment (if long enough) as the last span."""
-        out: List[Span] = []
+        out = self._give_pending(self.n_samples)
         if self.start is not None:
             end = self.n_frames - self.silence if self.silence else self.n_frames
             out += self._close(end, pad=True, end_sample=self.n_samples)
+            out += self._give_pending(self.n_samples)
         return out
 
     def keep_from(self) -> int:
         """The first sample a span not yet given out can contain (audio before it can be dropped)."""
         first = self.start if self.start is not None else self.n_frames
-        return max(self.last_end, first * self.F - self.pad_start, 0)
+        keep = first * self.F - self.reach
+        if self.pending is not None:
+            keep = min(keep, self.pending[0])
+        return max(self.last_end, keep, 0)
 
     # ------------------------------------------------------------------ state machine
-    def _step(self, p: float, e: float) -> List[Span]:
+    def _step(self, p: float, e: float, sub: np.ndarray) -> List[Span]:
         i = self.n_frames
         self.n_frames += 1
+        self.sub.append(sub)
+        out: List[Span] = []
+        if self.pending is not None and self.n_frames * self.F >= self.pending[1]:
+            out += self._give_pending(self.pending[1])
         if self.start is None:
             if p >= self.cfg.threshold:
-                self.start, self.silence, self.probs, self.energy = i, 0, [p], [e]
-            return []
+                if self.pending is not None:  # speech again before the last end pad was heard: it ends here
+                    out += self._give_pending(max(i * self.F - self.back * self.F, self.pending[0] + 1))
+                self.start, self.silence, self.probs, self.energy, self.from_cut = i, 0, [p], [e], False
+            else:  # a pause: keep the search window only
+                self._drop_sub(i - self.back)
+            return out
         self.probs.append(p)
         self.energy.append(e)
         if p < self.neg_threshold:
             self.silence += 1
             if self.silence >= self.min_silence:  # 1. a long enough pause closes the segment
-                return self._close(i + 1 - self.silence, pad=True)
+                return out + self._close(i + 1 - self.silence, pad=True)
         elif p >= self.cfg.threshold:
             self.silence = 0
         if len(self.probs) >= self.max_frames:  # 2. too long: cut at the best pause of the second half
-            return self._cut()
-        return []
+            return out + self._cut()
+        return out
 
     def _cut(self) -> List[Span]:
         half = len(self.probs) // 2
@@ -149,19 +187,61 @@ class Segmenter:
         out = self._emit(self.start * self.F - self.pad_start, cut * self.F)
         k = cut - self.start
         self.start, self.probs, self.energy = cut, self.probs[k:], self.energy[k:]
-        self.silence = 0
+        self.silence, self.from_cut = 0, True
         self.last_end = cut * self.F  # the next piece starts exactly here (no pad)
+        self._drop_sub(cut - self.back)
         return out
 
+    def _drop_sub(self, first: int) -> None:
+        """Forget the sub-frame levels of frames before ``first``."""
+        if first > self.sub_first:
+            del self.sub[: first - self.sub_first]
+            self.sub_first = first
+
     def _close(self, end_frame: int, pad: bool, end_sample: Optional[int] = None) -> List[Span]:
-        start = self.start
-        self.start, self.silence, self.probs, self.energy = None, 0, [], []
+        start, from_cut = self.start, self.from_cut
+        self.start, self.silence, self.probs, self.energy, self.from_cut = None, 0, [], [], False
         if end_frame - start < self.min_speech:  # 3. too short: a click, not speech
             return []
-        end = end_frame * self.F + (self.pad_end if pad else 0)
+        a, b = start * self.F - self.pad_start, end_frame * self.F + (self.pad_end if pad else 0)
+        edges = self._speech_edges(start, end_frame) if self.speech_edges and pad else None
+        if edges is not None:  # 4. the edges the model was trained on
+            a, b = edges[0] - self.edge_pre, edges[1] + self.edge_post
+        if from_cut:
+            a = start * self.F
         if end_sample is not None:
-            end = min(end, end_sample)
-        return self._emit(start * self.F - self.pad_start, end)
+            b = min(b, end_sample)
+        if b > self.n_frames * self.F and end_sample is None:  # its end pad is not analysed yet
+            self.pending = (max(a, self.last_end, 0), b)
+            return []
+        return self._emit(a, b)
+
+    def _speech_edges(self, start: int, end_frame: int) -> Optional[Span]:
+        """(onset, offset) samples of the speech in frames [start, end_frame), searched from ``back``
+        frames before to ``back`` frames after; the noise floor from the non-speech frames around
+        (before ``start``, from ``end_frame`` on); None where there are none or the level range is
+        too small to tell."""
+        k0 = max(start - self.back, self.sub_first)
+        k1 = min(end_frame + self.back, self.n_frames)
+        sub = self.sub[k0 - self.sub_first:]
+        around = sub[: start - k0] + sub[end_frame - k0:]
+        if not around:
+            return None
+        db = np.concatenate(sub[: k1 - k0])
+        m = self.F // self.S
+        peak = float(db[(start - k0) * m: (end_frame - k0) * m].max())
+        floor = float(np.percentile(np.concatenate(around), 10))
+        if peak - floor < self.cfg.edge_min_range_db:
+            return None
+        loud = np.nonzero(db >= max(peak - self.cfg.edge_rel_db, floor + 10.0))[0]
+        return k0 * self.F + int(loud[0]) * self.S, k0 * self.F + (int(loud[-1]) + 1) * self.S
+
+    def _give_pending(self, end: int) -> List[Span]:
+        if self.pending is None:
+            return []
+        a, b = self.pending
+        self.pending = None
+        return self._emit(a, min(b, end))
 
     def _emit(self, start: int, end: int) -> List[Span]:
         start = max(start, self.last_end, 0)
@@ -170,4 +250,3 @@ class Segmenter:
             return []
         self.last_end = end
         return [(start, end)]
-
