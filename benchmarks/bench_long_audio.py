@@ -74,14 +74,20 @@ def build_long_file(manifest: str, minutes: float, gap: tuple, snr: float, out: 
 
 
 # ---------------------------------------------------------------------- worker (fresh process)
+def segmenter_config(args):
+    from fairseq_hkd.generation.segments import SegmenterConfig
+
+    return SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0],
+                           pad_end_s=args.pad[1], edges=args.edges, edge_pads_s=tuple(args.edge_pads))
+
+
 def load_recognizer(args):
     import torch
 
-    from fairseq_hkd.generation.segments import SegmenterConfig
     from fairseq_hkd.generation.transcribe import Recognizer
 
     torch.set_num_threads(args.threads)
-    seg = SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0], pad_end_s=args.pad[1])
+    seg = segmenter_config(args)
     rec = Recognizer.from_checkpoint(args.ckpt, beam=args.beam, cpu=True, segmenter=seg, input_level=args.input_level,
                                      count_search=args.count_search)
     if args.arch != "checkpoint":
@@ -139,11 +145,11 @@ def vad_only(args, long: dict) -> dict:
     """Read + detect + segment time alone; pauses between utterances with a cut in them (the cut's
     middle within 0.25 s of the pause); cuts elsewhere (inside an utterance)."""
     from fairseq_hkd.generation.audio_stream import AudioStream
-    from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig
+    from fairseq_hkd.generation.segments import Segmenter
     from fairseq_hkd.generation.vad import SileroVad
 
     det = WebrtcVad() if args.vad == "webrtc" else SileroVad()
-    seg = Segmenter(det, SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0], pad_end_s=args.pad[1]))
+    seg = Segmenter(det, segmenter_config(args))
     spans = []
     t0 = time.perf_counter()
     for block in AudioStream(long["path"]).blocks():
@@ -174,7 +180,7 @@ def run_worker(args, mode: str, long_file: str = "") -> dict:
     for k in ("ckpt", "manifest", "arch", "beam", "batch_size", "threads", "max_segment", "min_silence", "vad", "input_level",
               "count_search"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    cmd += ["--pad", *map(str, args.pad)]
+    cmd += ["--pad", *map(str, args.pad), "--edges", args.edges, "--edge-pads", *map(str, args.edge_pads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
@@ -193,6 +199,8 @@ def main() -> None:
     p.add_argument("--max-segment", type=float, default=20.0)
     p.add_argument("--min-silence", type=float, default=0.3)
     p.add_argument("--pad", type=float, nargs=2, default=(0.03, 0.25), help="seconds of audio kept before and after a segment")
+    p.add_argument("--edges", choices=("speech", "vad"), default="speech", help="segment edges (SegmenterConfig.edges)")
+    p.add_argument("--edge-pads", type=float, nargs=2, default=(0.01, 0.35), help="seconds before the onset, after the offset")
     p.add_argument("--gap", type=float, nargs=2, default=(0.3, 0.8), help="silence between utterances, seconds")
     p.add_argument("--noise-snr", type=float, default=None)
     p.add_argument("--input-level", default="auto", help="the transcriber's --input-level (auto: its default; off: as recorded)")
@@ -216,7 +224,7 @@ def main() -> None:
         if not args.skip_short:
             res["short"] = run_worker(args, "short")
     row = {"minutes": round(long["seconds"] / 60, 1), "arch": args.arch, "beam": args.beam, "vad": args.vad,
-           "pad": list(args.pad), "input_level": args.input_level, "count_search": args.count_search,
+           "pad": list(args.pad), "edges": args.edges, "edge_pads": list(args.edge_pads), "input_level": args.input_level, "count_search": args.count_search,
            "snr": args.noise_snr, "long_rtf": round(res["long"]["rtf"], 4),
            "long_peak_rss_mb": round(res["long"]["peak_rss_mb"]), "segments": len(res["long"]["segments"])}
     if "short" in res:

@@ -75,10 +75,10 @@ def fake_decode(items, pieces):
     return out
 
 
-def make_pipeline(max_segment_s=4.0, batch_size=3, **kw):
-    cfg = PipelineConfig(batch_size=batch_size, min_samples=1520, block_s=1.024,
+def make_pipeline(max_segment_s=4.0, batch_size=3, edges="speech", block_s=1.024, **kw):
+    cfg = PipelineConfig(batch_size=batch_size, min_samples=1520, block_s=block_s,
                          segmenter=SegmenterConfig(max_segment_s=max_segment_s, min_silence_s=0.3, pad_start_s=0.03,
-                                                   pad_end_s=0.1, min_speech_s=0.25), **kw)
+                                                   pad_end_s=0.1, min_speech_s=0.25, edges=edges), **kw)
     return TranscriptionPipeline(fake_decode, EnergyDetector, cfg)
 
 
@@ -183,21 +183,52 @@ def test_stream_reads_blocks_only_and_equals_whole_file(tmp_path, monkeypatch, r
 
 
 # ---------------------------------------------------------------------- segmentation, joining, memory
-def test_long_file_segments_join_with_original_times(tmp_path):
-    """Bursts after pauses -> one segment each; joined text in order; token times = burst onsets."""
+@pytest.mark.parametrize("edges,block_s", [("vad", 1.024), ("speech", 1.024), ("speech", 0.128)])
+def test_long_file_segments_join_with_original_times(tmp_path, edges, block_s):
+    """Bursts after pauses -> one segment each; joined text in order; token times = burst onsets.
+    Edges: ``vad``, the detector's frames (32 ms) + pads; ``speech``, 10 ms before each burst's
+    onset and 350 ms after its end (within a 4-ms sub-frame), cut short where the next burst
+    follows sooner (the 0.35 s pause), pieces never overlapping; the same for any block size."""
     plan = [(0.4, 1.2, 300), (0.6, 2.0, 500), (0.35, 0.8, 700), (1.0, 1.5, 900), (0.5, 2.2, 1100), (0.45, 1.0, 1300)]
     wav, truth = bursts(plan)
     path = tmp_path / "long.wav"
     sf.write(path, wav, SR)
-    [t] = list(make_pipeline().run([AudioItem("long", str(path))]))
+    [t] = list(make_pipeline(edges=edges, block_s=block_s).run([AudioItem("long", str(path))]))
     assert t.ok and len(t.segments) == len(plan)
     assert t.text == " ".join(f"f{f}" for _, f in truth)
     onsets = [w.start for w in t.words]
     np.testing.assert_allclose(onsets, [o for o, _ in truth], atol=0.002)
-    for seg, (onset, _), (_, dur, _) in zip(t.segments, truth, plan):
-        assert seg.start <= onset and onset + dur <= seg.end <= onset + dur + 0.1 + 0.033
+    for k, (seg, (onset, _), (_, dur, _)) in enumerate(zip(t.segments, truth, plan)):
+        if edges == "vad":
+            assert seg.start <= onset and onset + dur <= seg.end <= onset + dur + 0.1 + 0.033
+        else:
+            assert onset - 0.014 - 1e-6 <= seg.start <= onset - 0.01 + 1e-6, (k, seg.start, onset)
+            end = onset + dur + 0.35
+            if k + 1 < len(truth) and truth[k + 1][0] - 0.014 < end:  # the next burst comes first
+                assert onset + dur + 0.1 < seg.end <= t.segments[k + 1].start, (k, seg.end)
+            else:
+                assert end - 1e-6 <= seg.end <= end + 0.004 + 1e-6, (k, seg.end, end)
     assert t.duration == pytest.approx(len(wav) / SR)
     assert [tm for s, tm in zip(t.symbols, t.token_times) if s != "|"] == onsets
+
+
+def test_speech_edges_keep_the_detector_edges_in_noise():
+    """Where a segment's loudest sub-frame is less than 30 dB above the noise around it, onset and
+    offset are not defined: the spans are those of ``edges="vad"``; in quiet, they differ."""
+    plan = [(0.5, 1.0, 400), (0.6, 1.5, 800), (0.7, 1.2, 1200)]
+    clean, _ = bursts(plan)
+    noise = np.random.default_rng(1).normal(0, 0.008, clean.shape[0]).astype(np.float32)  # tone 0.3: 28.5 dB above
+
+    def spans(wav, edges):
+        seg = Segmenter(EnergyDetector(), SegmenterConfig(min_silence_s=0.3, pad_end_s=0.1, edges=edges))
+        out = []
+        for i in range(0, len(wav), 3000):
+            out += seg.feed(wav[i: i + 3000])
+        return out + seg.finish()
+
+    assert len(spans(clean + noise, "speech")) == 3
+    assert spans(clean + noise, "speech") == spans(clean + noise, "vad")
+    assert spans(clean, "speech") != spans(clean, "vad")
 
 
 def test_speech_without_pauses_is_cut_at_max_length():

@@ -34,7 +34,7 @@ def add_count_args(p: argparse.ArgumentParser, default_from: str) -> None:
 
 
 def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
-    """--max-segment, --min-silence, --vad-threshold (defaults: SegmenterConfig's)."""
+    """--max-segment, --min-silence, --vad-threshold, --segment-edges, --edge-pads (defaults: SegmenterConfig's)."""
     seg = SegmenterConfig()
     p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
                    help=f"longer files are split at pauses (Silero VAD{vad_note}) into segments of at most this "
@@ -42,16 +42,25 @@ def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
     p.add_argument("--min-silence", type=float, default=seg.min_silence_s,
                    help="seconds of non-speech that end a segment")
     p.add_argument("--vad-threshold", type=float, default=seg.threshold, help="speech probability threshold")
+    p.add_argument("--segment-edges", choices=["speech", "vad"], default=seg.edges,
+                   help="where a segment starts and ends: speech, --edge-pads around its speech onset and offset "
+                        "(from the audio's level; in noise, the detector's edges); vad, the detector's frames")
+    p.add_argument("--edge-pads", type=float, nargs=2, default=list(seg.edge_pads_s), metavar=("BEFORE", "AFTER"),
+                   help="seconds before the speech onset and after the offset (those of the training utterances: "
+                        "the defaults suit corpora whose files start at the first phoneme and end with ~0.35 s of "
+                        "silence)")
 
 
 def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
-    """The segmenter of --max-segment / --min-silence / --vad-threshold; bad values exit with one line."""
+    """The segmenter of --max-segment / --min-silence / --vad-threshold / --segment-edges / --edge-pads;
+    bad values exit with one line."""
     try:
         return SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
                                max_segment_s=args.max_segment,
-                               pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence))
+                               pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence),
+                               edges=args.segment_edges, edge_pads_s=tuple(args.edge_pads))
     except AssertionError as e:
-        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold: {e}")
+        raise SystemExit(f"--max-segment / --min-silence / --vad-threshold / --edge-pads: {e}")
 
 
 def add_level_arg(p: argparse.ArgumentParser) -> None:

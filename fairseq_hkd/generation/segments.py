@@ -22,8 +22,10 @@ Torch-free (numpy), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. A
    (the 10th percentile around it), onset and offset are not well defined and the detector's
    edges are kept, as with ``edges="vad"``: ``pad_start_s`` before the first speech frame and
    ``pad_end_s`` after the last (Silero's own ``speech_pad_ms`` and 0.25 s). Cut points of rule 2
-   are never moved or padded: the two pieces meet. An end after the audio analysed so far waits for
-   it (the span is given out a few frames later, or cut short by the next segment's start).
+   are never moved or padded: the two pieces meet. A span is given out once the audio up to its end
+   and ``edge_search_s + edge_pads_s[0]`` beyond is analysed (0.49 s after the offset by default);
+   if speech starts before, it waits for that segment's start and ends there at the latest (the
+   onset pad wins over the end pad).
 
 Memory: the probabilities and energies of the open segment only (at most ``max_segment_s``);
 :meth:`Segmenter.keep_from` says which audio a later segment can still need.
@@ -96,6 +98,9 @@ class Segmenter:
         self.back = int(np.ceil(cfg.edge_search_s * sr / F))  # frames searched before the first speech frame
         self.edge_pre, self.edge_post = (int(round(x * sr)) for x in cfg.edge_pads_s)
         self.reach = max(self.pad_start, self.back * F + self.edge_pre) if self.speech_edges else self.pad_start
+        # a span is given out once this much audio after its end is analysed: a segment starting later
+        # cannot want audio before that end (speech edges only; the detector's edges need no wait)
+        self.lookahead = self.reach if self.speech_edges else 0
         self.reset()
 
     def reset(self) -> None:
@@ -135,12 +140,11 @@ class Segmenter:
 
     def finish(self) -> List[Span]:
         """The end of the file: the open segment (if long enough) as the last span."""
-        out = self._give_pending(self.n_samples)
+        out: List[Span] = []
         if self.start is not None:
             end = self.n_frames - self.silence if self.silence else self.n_frames
             out += self._close(end, pad=True, end_sample=self.n_samples)
-            out += self._give_pending(self.n_samples)
-        return out
+        return out + self._give_pending(self.n_samples)
 
     def keep_from(self) -> int:
         """The first sample a span not yet given out can contain (audio before it can be dropped)."""
@@ -156,12 +160,10 @@ class Segmenter:
         self.n_frames += 1
         self.sub.append(sub)
         out: List[Span] = []
-        if self.pending is not None and self.n_frames * self.F >= self.pending[1]:
-            out += self._give_pending(self.pending[1])
         if self.start is None:
+            if self.pending is not None and self.n_frames * self.F >= self.pending[1] + self.lookahead:
+                out += self._give_pending(self.pending[1])  # no later segment can start before its end
             if p >= self.cfg.threshold:
-                if self.pending is not None:  # speech again before the last end pad was heard: it ends here
-                    out += self._give_pending(max(i * self.F - self.back * self.F, self.pending[0] + 1))
                 self.start, self.silence, self.probs, self.energy, self.from_cut = i, 0, [p], [e], False
             else:  # a pause: keep the search window only
                 self._drop_sub(i - self.back)
@@ -184,7 +186,8 @@ class Segmenter:
         e = np.convolve(np.asarray(self.energy), np.ones(3) / 3, mode="same")[half:]
         key = np.where(p < self.neg_threshold, e - 1e3, e)  # a pause frame beats any energy
         cut = self.start + half + int(np.argmin(key))
-        out = self._emit(self.start * self.F - self.pad_start, cut * self.F)
+        a = self.start * self.F - self.pad_start
+        out = self._give_pending(a) + self._emit(a, cut * self.F)
         k = cut - self.start
         self.start, self.probs, self.energy = cut, self.probs[k:], self.energy[k:]
         self.silence, self.from_cut = 0, True
@@ -209,12 +212,13 @@ class Segmenter:
             a, b = edges[0] - self.edge_pre, edges[1] + self.edge_post
         if from_cut:
             a = start * self.F
+        out = self._give_pending(a)  # the last span's end pad yields to this one's start
         if end_sample is not None:
             b = min(b, end_sample)
-        if b > self.n_frames * self.F and end_sample is None:  # its end pad is not analysed yet
+        if b + self.lookahead > self.n_frames * self.F and end_sample is None:  # its end pad is not analysed yet
             self.pending = (max(a, self.last_end, 0), b)
-            return []
-        return self._emit(a, b)
+            return out
+        return out + self._emit(a, b)
 
     def _speech_edges(self, start: int, end_frame: int) -> Optional[Span]:
         """(onset, offset) samples of the speech in frames [start, end_frame), searched from ``back``
@@ -237,11 +241,12 @@ class Segmenter:
         return k0 * self.F + int(loud[0]) * self.S, k0 * self.F + (int(loud[-1]) + 1) * self.S
 
     def _give_pending(self, end: int) -> List[Span]:
+        """The span waiting for its end audio, ending at ``end`` at the latest."""
         if self.pending is None:
             return []
         a, b = self.pending
         self.pending = None
-        return self._emit(a, min(b, end))
+        return self._emit(a, min(b, max(end, a + 1)))
 
     def _emit(self, start: int, end: int) -> List[Span]:
         start = max(start, self.last_end, 0)
