@@ -529,3 +529,19 @@ def test_cli_formats_and_list_from_stdin(trained_cif, venv_bin, tmp_path):
     two = subprocess.run(base + ["--format", "srt", entries[0].audio, entries[1].audio], capture_output=True,
                          text=True, cwd=REPO, env=env)
     assert two.returncode != 0 and "--output-dir" in two.stderr and "Traceback" not in two.stderr
+
+
+def test_segment_edge_options_parse_and_bad_pads_exit_with_one_line():
+    """--segment-edges / --edge-pads reach the SegmenterConfig; a negative pad is a one-line exit."""
+    import argparse
+
+    from fairseq_hkd.generation.cli_options import add_segmenter_args, segmenter_from_args
+
+    p = argparse.ArgumentParser()
+    add_segmenter_args(p)
+    cfg = segmenter_from_args(p.parse_args([]))
+    assert (cfg.edges, cfg.edge_pads_s) == ("speech", (0.01, 0.35))
+    cfg = segmenter_from_args(p.parse_args(["--segment-edges", "vad", "--edge-pads", "0.2", "0.5"]))
+    assert (cfg.edges, cfg.edge_pads_s) == ("vad", (0.2, 0.5))
+    with pytest.raises(SystemExit, match="--edge-pads"):
+        segmenter_from_args(p.parse_args(["--edge-pads", "-0.1", "0.3"]))
