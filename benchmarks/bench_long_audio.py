@@ -42,6 +42,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from peak_memory import peak_rss_mib  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from fairseq_hkd.generation.segments import SegmenterConfig  # noqa: E402  (torch-free)
+
+SEGMENTER_DEFAULTS = {k: getattr(SegmenterConfig, k) for k in ("edge_pads_s", "edge_min_range_db")}
+
 
 # ---------------------------------------------------------------------- the long file
 def build_long_file(manifest: str, minutes: float, gap: tuple, snr: float, out: str, seed: int = 0) -> dict:
@@ -78,7 +83,8 @@ def segmenter_config(args):
     from fairseq_hkd.generation.segments import SegmenterConfig
 
     return SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0],
-                           pad_end_s=args.pad[1], edges=args.edges, edge_pads_s=tuple(args.edge_pads))
+                           pad_end_s=args.pad[1], edges=args.edges, edge_pads_s=tuple(args.edge_pads),
+                           edge_min_range_db=args.edge_min_range_db)
 
 
 def load_recognizer(args):
@@ -180,7 +186,8 @@ def run_worker(args, mode: str, long_file: str = "") -> dict:
     for k in ("ckpt", "manifest", "arch", "beam", "batch_size", "threads", "max_segment", "min_silence", "vad", "input_level",
               "count_search"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    cmd += ["--pad", *map(str, args.pad), "--edges", args.edges, "--edge-pads", *map(str, args.edge_pads)]
+    cmd += ["--pad", *map(str, args.pad), "--edges", args.edges, "--edge-pads", *map(str, args.edge_pads),
+            "--edge-min-range-db", str(args.edge_min_range_db)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
@@ -200,7 +207,10 @@ def main() -> None:
     p.add_argument("--min-silence", type=float, default=0.3)
     p.add_argument("--pad", type=float, nargs=2, default=(0.03, 0.25), help="seconds of audio kept before and after a segment")
     p.add_argument("--edges", choices=("speech", "vad"), default="speech", help="segment edges (SegmenterConfig.edges)")
-    p.add_argument("--edge-pads", type=float, nargs=2, default=(0.01, 0.35), help="seconds before the onset, after the offset")
+    p.add_argument("--edge-pads", type=float, nargs=2, default=SEGMENTER_DEFAULTS["edge_pads_s"],
+                   help="seconds before the onset, after the offset")
+    p.add_argument("--edge-min-range-db", type=float, default=SEGMENTER_DEFAULTS["edge_min_range_db"],
+                   help="speech edges only where the segment's loudest sub-frame is this far above the noise")
     p.add_argument("--gap", type=float, nargs=2, default=(0.3, 0.8), help="silence between utterances, seconds")
     p.add_argument("--noise-snr", type=float, default=None)
     p.add_argument("--input-level", default="auto", help="the transcriber's --input-level (auto: its default; off: as recorded)")
@@ -224,21 +234,22 @@ def main() -> None:
         if not args.skip_short:
             res["short"] = run_worker(args, "short")
     row = {"minutes": round(long["seconds"] / 60, 1), "arch": args.arch, "beam": args.beam, "vad": args.vad,
-           "pad": list(args.pad), "edges": args.edges, "edge_pads": list(args.edge_pads), "input_level": args.input_level, "count_search": args.count_search,
+           "pad": list(args.pad), "edges": args.edges, "edge_pads": list(args.edge_pads),
+           "edge_min_range_db": args.edge_min_range_db, "input_level": args.input_level, "count_search": args.count_search,
            "snr": args.noise_snr, "long_rtf": round(res["long"]["rtf"], 4),
            "long_peak_rss_mb": round(res["long"]["peak_rss_mb"]), "segments": len(res["long"]["segments"])}
-    if "short" in res:
-        from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.data.manifest import read_manifest
 
+    refs = [e.tgt_text for e in read_manifest(args.manifest)]
+    order = {e.id: i for i, e in enumerate(read_manifest(args.manifest))}
+    used = [order[i] for i in long["ids"]]  # manifest index of each utterance in the long file
+    if "short" in res:
         s = res["short"]
-        refs = s["refs"]
-        order = {e.id: i for i, e in enumerate(read_manifest(args.manifest))}
-        used = [order[i] for i in long["ids"]]  # manifest index of each utterance in the long file
         row["short_rtf"] = round(s["rtf"], 4)
         row["short_peak_rss_mb"] = round(s["peak_rss_mb"])
         row["rtf_ratio"] = round(res["long"]["rtf"] / s["rtf"], 2)
         row["wer_one_by_one"] = round(wer([refs[i] for i in used], [s["texts"][i] for i in used]), 2)
-        row["wer_long"] = round(wer([" ".join(refs[i] for i in used)], res["long"]["texts"]), 2)
+    row["wer_long"] = round(wer([" ".join(refs[i] for i in used)], res["long"]["texts"]), 2)
     print(json.dumps(row))
 
 

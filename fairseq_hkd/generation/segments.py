@@ -71,7 +71,9 @@ class SegmenterConfig:
     def __post_init__(self):
         assert 0.0 < self.threshold < 1.0, f"threshold {self.threshold} must be in (0, 1)"
         assert self.edges in ("speech", "vad"), f"edges {self.edges!r} must be 'speech' or 'vad'"
-        assert min(self.edge_pads_s) >= 0.0 and self.edge_search_s >= 0.0, (self.edge_pads_s, self.edge_search_s)
+        assert len(self.edge_pads_s) == 2 and min(self.edge_pads_s) >= 0.0, (
+            f"edge pads {tuple(self.edge_pads_s)} must be two seconds >= 0 (before the onset, after the offset)")
+        assert self.edge_search_s >= 0.0, self.edge_search_s
         assert 0.0 <= self.pad_end_s <= self.min_silence_s, (
             f"pad_end_s {self.pad_end_s} must be in [0, min_silence_s {self.min_silence_s}]: a segment's end pad "
             "must be audio already seen when the segment closes")
