@@ -18,6 +18,10 @@ sum(alpha) ~ a S + b frames + c (b > 0: part of the count comes from the number 
 the accuracy per rate tercile,
 and the count accuracy of the CTC head's greedy output (collapsed non-blank tokens + </s>) on the
 same utterances: if CTC counts no better than CIF, the encoder, not the weight predictor, is short.
+Last, where in the utterance the count goes wrong: the weights up to the speech offset (the file's last
+4-ms sub-frame within 40 dB of its loudest, ``scripts/segment_edges.py``'s rule; encoder frames of
+``downsample`` x 10 ms) against the words, and those after it (the trailing silence) against the one
+``</s>``.
 """
 import argparse
 
@@ -43,7 +47,7 @@ def main() -> None:
     model = models[0].eval()
     for split in args.splits:
         task.load_dataset(split)
-        alphas, lengths, seconds, ctc_counts, frames = [], [], [], [], []
+        alphas, lengths, seconds, ctc_counts, frames, ids = [], [], [], [], [], []
         blank = task.target_dictionary.bos()  # the CTC blank (criterions/cif.py)
         with torch.no_grad():
             for s in task.get_batch_iterator(task.dataset(split), max_tokens=20000).next_epoch_itr(shuffle=False):
@@ -52,6 +56,7 @@ def main() -> None:
                 lengths.append(s["target_lengths"])
                 seconds.append(s["net_input"]["src_lengths"].double() / 100.0)  # 10 ms fbank frames
                 frames.append(out["encoder_lengths"].double())
+                ids += s["id"].tolist()
                 ctc_counts.append(torch.tensor([ctc_greedy_count(lp[:n], blank) + 1 for lp, n in
                                                 zip(out["ctc_logits"], out["encoder_lengths"].tolist())]))
         for c in args.scales:
@@ -78,6 +83,34 @@ def main() -> None:
                   f"{100 * correct[k].mean():.1f} %\tmean(sum(alpha) - S) {err[k].mean():+.3f}")
         ctc = torch.cat(ctc_counts).numpy()
         print(f"{split}\tCTC greedy count accuracy {100 * np.mean(ctc == target):.1f} % (CIF: {100 * correct.mean():.1f} %)")
+        speech_and_tail(task, split, ids, [a for b in alphas for a in b], [n for f in frames for n in f.long().tolist()],
+                        target, int(model.encoder.downsample))
+
+
+def speech_and_tail(task, split, ids, alphas, frames, target, downsample) -> None:
+    """The count error split at the speech offset: words (S - 1) against the weights before it, the
+    </s> against those after it."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from segment_edges import file_edges
+
+    from fairseq_hkd.data.audio import read_audio
+    from fairseq_hkd.data.manifest import read_manifest
+
+    entries = read_manifest(os.path.join(task.cfg.data, f"{split}.tsv"))
+    speech, tail = [], []
+    for i, a, n in zip(ids, alphas, frames):
+        x = read_audio(entries[i].audio)
+        k = int(np.ceil((x.shape[0] / 16000 - file_edges(x)[1]) / (downsample * 0.01)))  # first frame after the offset
+        speech.append(float(a[:k].sum()))
+        tail.append(float(a[k:n].sum()))
+    speech, tail = np.array(speech), np.array(tail)
+    words = target - 1
+    print(f"{split}\tweights before the speech offset - words: mean {np.mean(speech - words):+.3f} sd "
+          f"{np.std(speech - words):.3f}, |.| < 0.5 for {100 * np.mean(np.abs(speech - words) < 0.5):.1f} %; "
+          f"after it - 1 (</s>): mean {np.mean(tail - 1):+.3f} sd {np.std(tail - 1):.3f}")
 
 
 def ctc_greedy_count(logits: torch.Tensor, blank: int) -> int:
