@@ -12,8 +12,9 @@ Usage:
 2. Each measurement runs in a fresh process (``--worker``): load the model, transcribe, report wall
    time (model loading excluded), peak resident memory (VmHWM, ``peak_memory.py``, the whole process: Python,
    torch, the model) and the hypotheses.
-   - ``short``: the utterances as separate files (the manifest), batched: the reference RTF and the
-     one-by-one WER (each utterance scored against its transcript, summed edits / summed words);
+   - ``short``: the utterances as separate files (the manifest), batched, decoded as recorded
+     (no silence trimmed, as fairseq-generate decodes them): the reference RTF and
+     the one-by-one WER (each utterance scored against its transcript, summed edits / summed words);
    - ``long``: the long file: RTF, peak memory, and WER of the joined text against the joined
      transcripts of the utterances it contains.
 3. ``--arch cif_conformer_paper``: the demo checkpoint's task with a random-weight model of that
@@ -27,6 +28,7 @@ utterances each finds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -130,7 +132,8 @@ def worker(args) -> None:
     from fairseq_hkd.data.manifest import read_manifest
 
     rec = load_recognizer(args)
-    if args.worker == "short":
+    if args.worker == "short":  # the reference: the utterance files as recorded (as fairseq-generate decodes them)
+        rec.segmenter = dataclasses.replace(rec.segmenter, trim_files=False)
         items = [AudioItem(e.id, e.audio, e.tgt_text) for e in read_manifest(args.manifest)]
     else:
         items = [AudioItem("long", args.long_file)]

@@ -6,6 +6,7 @@ references; the Silero wrapper is compared with the stock per-frame model. The e
 (marked slow) run the console script on the overfit tiny model of test_generate_e2e.
 """
 import ast
+import dataclasses
 import io
 import os
 import subprocess
@@ -22,7 +23,7 @@ from fairseq_hkd.generation.audio_stream import AudioStream
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs
 from fairseq_hkd.generation.pipeline import PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.results import join_texts, word_spans
-from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig
+from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig, trim_to_speech
 from test_generate_e2e import trained_cif  # noqa: F401  (shared session fixture: one training run)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -531,8 +532,37 @@ def test_cli_formats_and_list_from_stdin(trained_cif, venv_bin, tmp_path):
     assert two.returncode != 0 and "--output-dir" in two.stderr and "Traceback" not in two.stderr
 
 
+def test_short_files_lose_the_silence_beyond_the_edge_pads(tmp_path):
+    """With ``trim_files`` a file decoded whole keeps 10 ms before its burst and 350 ms after it (within
+    a 4-ms sub-frame), never more than it has; by default, in noise (range < 30 dB), with
+    ``edges="vad"`` or where the rest would be shorter than the model's minimum it stays whole; times
+    stay those of the file."""
+    cfg = SegmenterConfig(trim_files=True)
+    wav, [(onset, _)] = bursts([(0.6, 1.0, 500)])  # 0.6 s before, 0.5 s of zeros after
+    a, b = trim_to_speech(wav, cfg)
+    assert onset - 0.014 - 1e-6 <= a / SR <= onset - 0.01 + 1e-6
+    assert onset + 1.0 + 0.35 - 1e-6 <= b / SR <= onset + 1.0 + 0.354 + 1e-6
+    tight = wav[int((onset - 0.005) * SR): int((onset + 1.2) * SR)]  # 5 ms before, 200 ms after: nothing to cut
+    assert trim_to_speech(tight, cfg) == (0, len(tight))
+    assert trim_to_speech(wav, SegmenterConfig()) == (0, len(wav))
+    assert trim_to_speech(wav, SegmenterConfig(edges="vad", trim_files=True)) == (0, len(wav))
+    assert trim_to_speech(wav, cfg, min_samples=len(wav)) == (0, len(wav))
+    noisy = wav + np.random.default_rng(1).normal(0, 0.01, len(wav)).astype(np.float32)  # 26.5 dB below the tone
+    assert trim_to_speech(noisy, cfg) == (0, len(wav))
+    path = tmp_path / "short.wav"
+    sf.write(path, wav, SR)
+    [whole] = list(make_pipeline().run([AudioItem("short", str(path))]))
+    assert len(whole.segments) == 1 and whole.segments[0].start == 0.0
+    pipe = make_pipeline()
+    pipe.cfg.segmenter = dataclasses.replace(pipe.cfg.segmenter, trim_files=True)
+    [t] = list(pipe.run([AudioItem("short", str(path))]))
+    assert len(t.segments) == 1 and t.segments[0].start == pytest.approx(a / SR)
+    assert t.text == "f500" and t.words[0].start == pytest.approx(onset, abs=0.002)
+    assert t.duration == pytest.approx(len(wav) / SR)
+
+
 def test_segment_edge_options_parse_and_bad_pads_exit_with_one_line():
-    """--segment-edges / --edge-pads reach the SegmenterConfig; a negative pad is a one-line exit."""
+    """--segment-edges / --edge-pads / --trim-files reach the SegmenterConfig; a negative pad is a one-line exit."""
     import argparse
 
     from fairseq_hkd.generation.cli_options import add_segmenter_args, segmenter_from_args
@@ -540,8 +570,8 @@ def test_segment_edge_options_parse_and_bad_pads_exit_with_one_line():
     p = argparse.ArgumentParser()
     add_segmenter_args(p)
     cfg = segmenter_from_args(p.parse_args([]))
-    assert (cfg.edges, cfg.edge_pads_s) == ("speech", (0.01, 0.35))
-    cfg = segmenter_from_args(p.parse_args(["--segment-edges", "vad", "--edge-pads", "0.2", "0.5"]))
-    assert (cfg.edges, cfg.edge_pads_s) == ("vad", (0.2, 0.5))
+    assert (cfg.edges, cfg.edge_pads_s, cfg.trim_files) == ("speech", (0.01, 0.35), False)
+    cfg = segmenter_from_args(p.parse_args(["--segment-edges", "vad", "--edge-pads", "0.2", "0.5", "--trim-files"]))
+    assert (cfg.edges, cfg.edge_pads_s, cfg.trim_files) == ("vad", (0.2, 0.5), True)
     with pytest.raises(SystemExit, match="--edge-pads"):
         segmenter_from_args(p.parse_args(["--edge-pads", "-0.1", "0.3"]))

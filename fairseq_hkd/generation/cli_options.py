@@ -34,7 +34,8 @@ def add_count_args(p: argparse.ArgumentParser, default_from: str) -> None:
 
 
 def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
-    """--max-segment, --min-silence, --vad-threshold, --segment-edges, --edge-pads (defaults: SegmenterConfig's)."""
+    """--max-segment, --min-silence, --vad-threshold, --segment-edges, --edge-pads, --trim-files (defaults:
+    SegmenterConfig's)."""
     seg = SegmenterConfig()
     p.add_argument("--max-segment", type=float, default=seg.max_segment_s,
                    help=f"longer files are split at pauses (Silero VAD{vad_note}) into segments of at most this "
@@ -49,6 +50,10 @@ def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
                    help="seconds before the speech onset and after the offset (those of the training utterances: "
                         "the defaults suit corpora whose files start at the first phoneme and end with ~0.35 s of "
                         "silence)")
+    p.add_argument("--trim-files", action="store_true",
+                   help="files decoded whole (up to --max-segment) lose the silence beyond --edge-pads before "
+                        "their speech onset and after their offset (for a model trained on utterances cut at the "
+                        "speech, like the demo's; default: as recorded, as fairseq-generate decodes them)")
 
 
 def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
@@ -58,7 +63,8 @@ def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
         return SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
                                max_segment_s=args.max_segment,
                                pad_end_s=min(SegmenterConfig.pad_end_s, args.min_silence),
-                               edges=args.segment_edges, edge_pads_s=tuple(args.edge_pads))
+                               edges=args.segment_edges, edge_pads_s=tuple(args.edge_pads),
+                               trim_files=args.trim_files)
     except AssertionError as e:
         raise SystemExit(f"--max-segment / --min-silence / --vad-threshold / --edge-pads: {e}")
 

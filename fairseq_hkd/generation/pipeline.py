@@ -5,7 +5,8 @@ which differ only in the ``decode`` function they pass:
 
 1. Each file is read in blocks (``audio_stream.AudioStream``). A file of at most
    ``max_segment_s`` seconds is one piece, decoded whole (as ``fairseq-generate`` decodes an
-   utterance). A longer one goes through the :class:`~segments.Segmenter` block by block and each
+   utterance); with ``segmenter.trim_files``, less the silence beyond the segmenter's edge pads
+   before its speech onset and after its offset (``segments.trim_to_speech``). A longer one goes through the :class:`~segments.Segmenter` block by block and each
    speech segment becomes a piece, cut from a buffer that keeps only the audio a later segment can
    still need: a 60-minute file is never whole in memory, as samples, features or encoder states.
 2. Pieces of consecutive files are pooled (at most ``batch_size x chunk_batches`` pieces or
@@ -27,7 +28,7 @@ from fairseq_hkd.data.audio import SAMPLE_RATE, AudioError
 from fairseq_hkd.generation.audio_stream import DEFAULT_BLOCK_S, AudioStream, min_samples_error
 from fairseq_hkd.generation.inputs import AudioItem
 from fairseq_hkd.generation.results import FileError, Segment, Transcript, Word, join_texts
-from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig, SpeechDetector
+from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig, SpeechDetector, trim_to_speech
 
 __all__ = ["Piece", "PieceResult", "PipelineConfig", "TranscriptionPipeline"]
 
@@ -144,7 +145,8 @@ class TranscriptionPipeline:
             if err is not None:
                 raise err
             st.duration, st.n_pieces = wav.shape[0] / SAMPLE_RATE, 1
-            yield Piece(idx, 0, 0, wav, whole=True)
+            a, b = trim_to_speech(wav, cfg.segmenter, cfg.min_samples)  # (0, n) unless segmenter.trim_files
+            yield Piece(idx, 0, a, wav[a:b], whole=True)
             return
         seg = self.segmenter
         seg.reset()
