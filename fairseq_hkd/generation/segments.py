@@ -23,14 +23,15 @@ Torch-free (numpy), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. A
    edges are kept, as with ``edges="vad"``: ``pad_start_s`` before the first speech frame and
    ``pad_end_s`` after the last (Silero's own ``speech_pad_ms`` and 0.25 s). Cut points of rule 2
    are never moved or padded: the two pieces meet. A span is given out once the audio up to its end
-   and ``edge_search_s + edge_pads_s[0]`` beyond is analysed (0.49 s after the offset by default);
+   and about ``edge_search_s + edge_pads_s[0]`` beyond is analysed (0.49 s after the offset by default);
    if speech starts before, it waits for that segment's start and ends there at the latest (the
    onset pad wins over the end pad). With ``trim_files`` (off by default: as recorded, as
    ``fairseq-generate`` decodes them) a file short enough to be decoded whole (``pipeline.py``) loses
    the silence beyond the same pads (:func:`trim_to_speech`): 0.2-1 s of silence around the demo's
    heldout utterances takes the demo CIF from 8.17 to 15-17 WER, trimmed 7.99.
 
-Memory: the probabilities and energies of the open segment only (at most ``max_segment_s``);
+Memory: the probabilities, energies and 4-ms sub-frame levels of the open segment only (at most
+``max_segment_s``, and ``edge_search_s`` before it);
 :meth:`Segmenter.keep_from` says which audio a later segment can still need.
 """
 from __future__ import annotations
