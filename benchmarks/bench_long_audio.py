@@ -20,6 +20,9 @@ Usage:
 3. ``--arch cif_conformer_paper``: the demo checkpoint's task with a random-weight model of that
    architecture (the CIF bias set for 3.2 tokens/s, </s> suppressed, as bench_decode.py does): memory
    and RTF only, its WER means nothing.
+4. ``--edges speech`` (the segmenter's default: segments start ``--edge-pads`` before the speech onset
+   and end after the offset) or ``vad`` (the detector's frames with ``--pad``, the segmenter before
+   2026-12-05); ``--skip-short`` measures the long file alone (its WER still scored).
 Printed: one JSON line per measurement and a Markdown table row for BENCHMARKS.md. ``--vad webrtc``
 uses webrtcvad-wheels (not a requirement: ``pip install webrtcvad-wheels==2.0.14.post1``) instead of
 Silero, for the comparison; ``--vad-only`` times the detectors alone and counts the pauses between
