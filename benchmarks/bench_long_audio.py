@@ -85,8 +85,6 @@ def build_long_file(manifest: str, minutes: float, gap: tuple, snr: float, out: 
 
 # ---------------------------------------------------------------------- worker (fresh process)
 def segmenter_config(args):
-    from fairseq_hkd.generation.segments import SegmenterConfig
-
     return SegmenterConfig(max_segment_s=args.max_segment, min_silence_s=args.min_silence, pad_start_s=args.pad[0],
                            pad_end_s=args.pad[1], edges=args.edges, edge_pads_s=tuple(args.edge_pads),
                            edge_min_range_db=args.edge_min_range_db)

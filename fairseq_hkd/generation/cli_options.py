@@ -57,8 +57,8 @@ def add_segmenter_args(p: argparse.ArgumentParser, vad_note: str = "") -> None:
 
 
 def segmenter_from_args(args: argparse.Namespace) -> SegmenterConfig:
-    """The segmenter of --max-segment / --min-silence / --vad-threshold / --segment-edges / --edge-pads;
-    bad values exit with one line."""
+    """The segmenter of --max-segment / --min-silence / --vad-threshold / --segment-edges / --edge-pads /
+    --trim-files; bad values exit with one line."""
     try:
         return SegmenterConfig(threshold=args.vad_threshold, min_silence_s=args.min_silence,
                                max_segment_s=args.max_segment,

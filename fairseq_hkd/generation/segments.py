@@ -41,7 +41,8 @@ from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
-__all__ = ["SegmenterConfig", "Segmenter", "SpeechDetector", "Span", "speech_onset_offset", "trim_to_speech"]
+__all__ = ["SegmenterConfig", "Segmenter", "SpeechDetector", "Span", "speech_extent", "speech_onset_offset",
+           "trim_to_speech"]
 
 Span = Tuple[int, int]  # [start, end) in samples of the 16 kHz audio
 
@@ -100,21 +101,29 @@ def speech_onset_offset(db: np.ndarray, peak: float, floor: float, cfg: Segmente
     return int(loud[0]), int(loud[-1]) + 1
 
 
-def trim_to_speech(wav: np.ndarray, cfg: SegmenterConfig, min_samples: int = 1, sub: int = 64) -> Span:
-    """A file decoded whole -> its [start, end) with rule 4's edges: the silence before the onset beyond
-    ``edge_pads_s[0]`` and after the offset beyond ``edge_pads_s[1]`` cut, none added. The noise floor is
-    the 5th percentile of the file's sub-frame levels. The whole file unless ``cfg.trim_files`` and
-    ``edges="speech"``, in noise, or where the rest would be shorter than ``min_samples``."""
+def speech_extent(wav: np.ndarray, cfg: SegmenterConfig, sub: int = 64) -> Optional[Span]:
+    """A whole file's speech [onset, offset) in samples, by rule 4's levels (4-ms sub-frames; the noise
+    floor is the 5th percentile of the file's sub-frame levels); None in noise or for a file shorter
+    than a sub-frame."""
     n = wav.shape[0] // sub
-    whole = (0, wav.shape[0])
-    if not (cfg.trim_files and cfg.edges == "speech") or n == 0:
-        return whole
+    if n == 0:
+        return None
     db = _db(np.mean(wav[: n * sub].astype(np.float64).reshape(n, sub) ** 2, axis=1))
     edges = speech_onset_offset(db, float(db.max()), float(np.percentile(db, 5)), cfg)
+    return None if edges is None else (edges[0] * sub, edges[1] * sub)
+
+
+def trim_to_speech(wav: np.ndarray, cfg: SegmenterConfig, min_samples: int = 1) -> Span:
+    """A file decoded whole -> its [start, end) with rule 4's edges: the silence before the onset beyond
+    ``edge_pads_s[0]`` and after the offset beyond ``edge_pads_s[1]`` cut, none added. The whole file
+    unless ``cfg.trim_files`` and ``edges="speech"``, in noise, or where the rest would be shorter than
+    ``min_samples``."""
+    whole = (0, wav.shape[0])
+    edges = speech_extent(wav, cfg) if cfg.trim_files and cfg.edges == "speech" else None
     if edges is None:
         return whole
     pre, post = (int(round(x * cfg.sample_rate)) for x in cfg.edge_pads_s)
-    a, b = max(0, edges[0] * sub - pre), min(wav.shape[0], edges[1] * sub + post)
+    a, b = max(0, edges[0] - pre), min(wav.shape[0], edges[1] + post)
     return (a, b) if b - a >= min_samples else whole
 
 
