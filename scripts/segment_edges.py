@@ -27,9 +27,9 @@ give the transcriber's segments the edges the model was trained on. The demo cor
 after 343 ms (median 335, 10th-90th percentile 252-451); the default pads are (0.01, 0.35) s.
 
 Printed per variant: WER against the transcripts, transcripts equal to the files' decoding, and
-the edges' offsets from the files' (start, end; ms: mean, 10th and 90th percentile). Spans that
-hold no utterance or more than one are counted; such an utterance is scored on the joined text of
-its span (as the long-file benchmark scores everything).
+the edges' offsets from the files' (start, end; ms: mean, 10th and 90th percentile). Only the
+utterances alone in exactly one span are scored (their number is printed first; all 150 of heldout
+and dev at the default ``--min-silence``).
 """
 from __future__ import annotations
 
