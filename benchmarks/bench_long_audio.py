@@ -50,8 +50,6 @@ from peak_memory import peak_rss_mib  # noqa: E402
 sys.path.insert(0, str(REPO))
 from fairseq_hkd.generation.segments import SegmenterConfig  # noqa: E402  (torch-free)
 
-SEGMENTER_DEFAULTS = {k: getattr(SegmenterConfig, k) for k in ("edge_pads_s", "edge_min_range_db")}
-
 
 # ---------------------------------------------------------------------- the long file
 def build_long_file(manifest: str, minutes: float, gap: tuple, snr: float, out: str, seed: int = 0) -> dict:
@@ -211,9 +209,9 @@ def main() -> None:
     p.add_argument("--min-silence", type=float, default=0.3)
     p.add_argument("--pad", type=float, nargs=2, default=(0.03, 0.25), help="seconds of audio kept before and after a segment")
     p.add_argument("--edges", choices=("speech", "vad"), default="speech", help="segment edges (SegmenterConfig.edges)")
-    p.add_argument("--edge-pads", type=float, nargs=2, default=SEGMENTER_DEFAULTS["edge_pads_s"],
+    p.add_argument("--edge-pads", type=float, nargs=2, default=SegmenterConfig.edge_pads_s,
                    help="seconds before the onset, after the offset")
-    p.add_argument("--edge-min-range-db", type=float, default=SEGMENTER_DEFAULTS["edge_min_range_db"],
+    p.add_argument("--edge-min-range-db", type=float, default=SegmenterConfig.edge_min_range_db,
                    help="speech edges only where the segment's loudest sub-frame is this far above the noise")
     p.add_argument("--gap", type=float, nargs=2, default=(0.3, 0.8), help="silence between utterances, seconds")
     p.add_argument("--noise-snr", type=float, default=None)

@@ -19,7 +19,7 @@ the accuracy per rate tercile,
 and the count accuracy of the CTC head's greedy output (collapsed non-blank tokens + </s>) on the
 same utterances: if CTC counts no better than CIF, the encoder, not the weight predictor, is short.
 Last, where in the utterance the count goes wrong: the weights up to the speech offset (the file's last
-4-ms sub-frame within 40 dB of its loudest, ``scripts/segment_edges.py``'s rule; encoder frames of
+4-ms sub-frame within 40 dB of its loudest, the segmenter's rule ``segments.speech_extent``; encoder frames of
 ``downsample`` x 10 ms) against the words, and those after it (the trailing silence) against the one
 ``</s>``.
 """
@@ -91,19 +91,17 @@ def speech_and_tail(task, split, ids, alphas, frames, target, downsample) -> Non
     """The count error split at the speech offset: words (S - 1) against the weights before it, the
     </s> against those after it."""
     import os
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from segment_edges import file_edges
 
     from fairseq_hkd.data.audio import read_audio
     from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.segments import SegmenterConfig, speech_extent
 
     entries = read_manifest(os.path.join(task.cfg.data, f"{split}.tsv"))
     speech, tail = [], []
     for i, a, n in zip(ids, alphas, frames):
         x = read_audio(entries[i].audio)
-        k = int(np.ceil((x.shape[0] / 16000 - file_edges(x)[1]) / (downsample * 0.01)))  # first frame after the offset
+        offset = (speech_extent(x, SegmenterConfig()) or (0, x.shape[0]))[1] / 16000  # the whole file in noise
+        k = int(np.ceil(offset / (downsample * 0.01)))  # the first encoder frame after the speech offset
         speech.append(float(a[:k].sum()))
         tail.append(float(a[k:n].sum()))
     speech, tail = np.array(speech), np.array(tail)

@@ -191,7 +191,7 @@ class Segmenter:
         out: List[Span] = []
         if self.start is not None:
             end = self.n_frames - self.silence if self.silence else self.n_frames
-            out += self._close(end, pad=True, end_sample=self.n_samples)
+            out += self._close(end, end_sample=self.n_samples)
         return out + self._give_pending(self.n_samples)
 
     def keep_from(self) -> int:
@@ -221,7 +221,7 @@ class Segmenter:
         if p < self.neg_threshold:
             self.silence += 1
             if self.silence >= self.min_silence:  # 1. a long enough pause closes the segment
-                return out + self._close(i + 1 - self.silence, pad=True)
+                return out + self._close(i + 1 - self.silence)
         elif p >= self.cfg.threshold:
             self.silence = 0
         if len(self.probs) >= self.max_frames:  # 2. too long: cut at the best pause of the second half
@@ -249,13 +249,13 @@ class Segmenter:
             del self.sub[: first - self.sub_first]
             self.sub_first = first
 
-    def _close(self, end_frame: int, pad: bool, end_sample: Optional[int] = None) -> List[Span]:
+    def _close(self, end_frame: int, end_sample: Optional[int] = None) -> List[Span]:
         start, from_cut = self.start, self.from_cut
         self.start, self.silence, self.probs, self.energy, self.from_cut = None, 0, [], [], False
         if end_frame - start < self.min_speech:  # 3. too short: a click, not speech
             return []
-        a, b = start * self.F - self.pad_start, end_frame * self.F + (self.pad_end if pad else 0)
-        edges = self._speech_edges(start, end_frame) if self.speech_edges and pad else None
+        a, b = start * self.F - self.pad_start, end_frame * self.F + self.pad_end
+        edges = self._speech_edges(start, end_frame) if self.speech_edges else None
         if edges is not None:  # 4. the edges the model was trained on
             a, b = edges[0] - self.edge_pre, edges[1] + self.edge_post
         if from_cut:
