@@ -1,0 +1,2 @@
+. "$HERE/conf/tiny.sh"
+optim_args+=(--lr 4e-3)
