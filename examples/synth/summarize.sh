@@ -43,6 +43,6 @@ summary() {
   # decoding settings of the test decode (fairseq-generate's config line; the count search is absent
   # from logs before 2026-12-03, which decoded the raw weights' count)
   [ -f "$exp/decode-test.log" ] && echo "decoding: $(grep -m 1 -E "fairseq_cli.generate( \| |:)\{" "$exp/decode-test.log" | grep -oE "'(beam|cif_count_search|cif_ctc_weight|cif_eos_slack)': [^,}]*" | awk '!seen[$0]++' | tr '\n' ' ')"
-  echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
+  echo "settings: $(grep -m 1 "fairseq_cli.train | {" "$log" | grep -oE "'(arch|max_update|seed|max_tokens|acd_weight|lrd_weight|dropout|dropout_impl|encoder_input_scale)': [^,}]*|'(criterion|model)': \{'_name': '[a-z0-9_]*'" | sed "s/: {'_name'//" | awk '!seen[$0]++' | tr '\n' ' ')"
 }
 if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; summary | tee "$out"; else summary; fi

@@ -5,6 +5,7 @@
 # --max-tokens counts the 70 frames an utterance can gain (since 2026-12-03), so a batch holds fewer
 # utterances and an update costs about what it costs without the augmentation.
 #   examples/synth/train.sh --exp exp/synth/edge --criterion cif_hkd --conf tiny_edge
+dropout=${dropout:-0.1}  # as measured (the recipe's dropout until 2026-12-05)
 . "$HERE/conf/tiny.sh"
 specaug_args+=(
   --edge-silence-max-start-ms 200 --edge-silence-max-end-ms 500 --edge-silence-prob 0.5
