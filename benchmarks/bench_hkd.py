@@ -113,13 +113,16 @@ def step(model, crit, opt, sample, device):
     return log
 
 
-def build_setup(arch, vocab, teacher_dim):
-    """-> (dictionary of `vocab` symbols, model of `arch` (seed 0), task with a teacher of
-    `teacher_dim` dims projected from the CIF and decoder states)."""
+def build_setup(arch, vocab, teacher_dim, **overrides):
+    """-> (dictionary of `vocab` symbols, model of `arch` (seed 0) with the config fields in
+    `overrides` replaced, task with a teacher of `teacher_dim` dims projected from the CIF and
+    decoder states)."""
     d = Dictionary()
     for i in range(vocab - d.nspecial):
         d.add_symbol(f"w{i}")
     cfg = arch_config(arch)
+    for name, value in overrides.items():
+        setattr(cfg, name, value)
     torch.manual_seed(0)
     base = CifModel.build_model(cfg, _Task(d, None, None))
     dims = {"cif": cfg.encoder_embed_dim, "decoder": cfg.decoder_embed_dim}

@@ -21,7 +21,8 @@ Batch construction, the teacher store and the step come from benchmarks/bench_hk
 
 ``--compare BEFORE AFTER`` instead times two training set-ups on the same batches, step by step
 in turn, and prints updates/s of each and their ratio. A set-up is ``ARCH[:OPTION=VALUE,...]``
-with options ``dropout=torch|packed`` and ``bf16=no|yes|auto`` (CPU autocast, as the task's
+with options ``dropout=torch|packed|none`` (none: the model built with encoder, weight-predictor
+and decoder dropout 0, as the demo's recipe since 2026-12-05) and ``bf16=no|yes|auto`` (CPU autocast, as the task's
 ``--autocast-bf16``)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train.py --preset demo \
@@ -117,7 +118,10 @@ def compare(specs, preset, steps, warmup):
     runs, batches = {}, None
     for spec in specs:
         arch, dropout, bf16 = parse_setup(spec)
-        d, model, task = build_setup(arch, V, D)
+        if dropout not in ("torch", "packed", "none"):
+            raise SystemExit(f"--compare {spec}: dropout={dropout}: use torch, packed or none")
+        no_dropout = dict(dropout=0.0, cif_dropout=0.0, decoder_dropout=0.0) if dropout == "none" else {}
+        d, model, task = build_setup(arch, V, D, **no_dropout)
         if dropout == "packed":
             use_packed_dropout(model)
         crit = CifCriterion(CifCriterionConfig(sentence_avg=False), task)
@@ -152,7 +156,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
-                   help="time two set-ups ARCH[:dropout=torch|packed,bf16=no|yes|auto] on the same batches")
+                   help="time two set-ups ARCH[:dropout=torch|packed|none,bf16=no|yes|auto] on the same batches")
     p.add_argument("--preset", default="demo", choices=list(PRESETS), help="batch shapes for --compare")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
