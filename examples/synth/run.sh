@@ -10,7 +10,7 @@
 #
 # Updates: --max-update auto (default) trains 3,200 updates per model where bf16 autocast is on
 # (AVX512-BF16 or AMX: ~14 min of training on 2 cores) and 1,600 elsewhere (float32 is 1.5-2x slower);
-# 2,600 and 1,300 until 2026-12-05, when the recipe dropped dropout and its steps got 21 % faster.
+# 2,600 and 1,300 until 2026-12-05, when the recipe dropped dropout and training took 21 % less time per update.
 #
 # Steps: prepare.sh (corpus, dict, fbank + CMVN, teacher states) -> train.sh --criterion cif and
 # train.sh --criterion cif_hkd side by side -> decode.sh on test (unseen voices), heldout (training voices,

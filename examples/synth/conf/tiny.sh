@@ -5,7 +5,7 @@
 # conv layers); bf16 autocast where the CPU computes bf16 natively.
 warmup=$(( max_update < 800 ? max_update / 4 : 200 ))
 # Dropout 0 since 2026-12-05 (0.1 before; the confs built on this one set dropout=0.1, as measured): chosen on heldout
-# and dev (results/dropout-capacity/README.md): training is 21 % faster without the masks (1.17-1.19x per step,
+# and dev (results/dropout-capacity/README.md): training takes 21 % less time without the masks (1.17-1.19x per step,
 # bench_train.py --compare ... dropout=none) and the model learns as
 # well per update, so at the demo's training time heldout WER 8.17 -> 6.46, dev 12.39 -> 12.12 (CIF, seed 1).
 dropout=${dropout:-0.0}
