@@ -29,6 +29,8 @@ def test_read_generate_counts_errors_per_utterance_by_hand(tmp_path):
     assert run.ids == ["0", "1", "2", "3"]
     assert run.errors.tolist() == [1, 1, 3, 0] and run.ref_words.tolist() == [4, 2, 3, 1]
     assert run.wer == pytest.approx(50.0)
+    # lengths 4/4, 3/2, 0/3, 1/1: two of four hypotheses have the reference's word count
+    assert run.hyp_words.tolist() == [4, 3, 0, 1] and run.length_accuracy == pytest.approx(50.0)
 
 
 def test_read_generate_refuses_a_file_whose_wer_line_disagrees(tmp_path):

@@ -37,17 +37,27 @@ _WER_LINE = re.compile(r"WER: ([0-9.]+)")
 
 @dataclass
 class UtteranceErrors:
-    """Per-utterance word errors of one decoding: ids [N] (sorted), errors [N], ref_words [N]."""
+    """Per-utterance word errors of one decoding: ids [N] (sorted), errors [N], ref_words [N],
+    hyp_words [N] (words of the hypothesis; None where not read)."""
 
     path: str
     ids: List[str]
     errors: np.ndarray
     ref_words: np.ndarray
     reported_wer: Optional[float] = None
+    hyp_words: Optional[np.ndarray] = None
 
     @property
     def wer(self) -> float:
         return 100.0 * float(self.errors.sum()) / max(1, int(self.ref_words.sum()))
+
+    @property
+    def length_accuracy(self) -> float:
+        """% of utterances whose hypothesis has as many words as the reference (for a CIF model
+        with word units: how often decoding chose the right count)."""
+        if self.hyp_words is None:
+            raise ValueError(f"{self.path}: hypothesis lengths were not read")
+        return 100.0 * float((self.hyp_words == self.ref_words).mean())
 
 
 def read_generate(path: str, check: bool = True) -> UtteranceErrors:
@@ -83,7 +93,8 @@ def read_generate(path: str, check: bool = True) -> UtteranceErrors:
     ids = sorted(refs, key=lambda k: (len(k), k))
     errors = np.array([editdistance.eval(refs[i].split(), hyps[i].split()) for i in ids], dtype=np.int64)
     ref_words = np.array([len(refs[i].split()) for i in ids], dtype=np.int64)
-    out = UtteranceErrors(path, ids, errors, ref_words, reported)
+    hyp_words = np.array([len(hyps[i].split()) for i in ids], dtype=np.int64)
+    out = UtteranceErrors(path, ids, errors, ref_words, reported, hyp_words)
     if check and reported is not None and abs(round(out.wer, 2) - reported) > 0.011:
         raise ValueError(f"{path}: recounted WER {out.wer:.2f} differs from the file's WER line {reported:.2f}")
     return out
