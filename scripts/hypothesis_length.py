@@ -8,6 +8,7 @@ Usage::
     python scripts/hypothesis_length.py exp/d0/cif-s3/decode-heldout/generate-heldout.txt [...]
 """
 import argparse
+import sys
 
 from fairseq_hkd.generation.significance import read_generate
 
@@ -17,7 +18,11 @@ def main(argv=None):
     p.add_argument("files", nargs="+", help="fairseq-generate result files (generate-SPLIT.txt)")
     a = p.parse_args(argv)
     for path in a.files:
-        run = read_generate(path)
+        try:
+            run = read_generate(path)
+        except (OSError, ValueError) as e:  # a missing or foreign file: one line, the others still run
+            print(f"{path}: skipped: {e}", file=sys.stderr)
+            continue
         diff = (run.hyp_words - run.ref_words).mean()
         print(f"{path}\t{len(run.ids)} utterances\tlength right {run.length_accuracy:.1f} %\t"
               f"mean(hyp - ref words) {diff:+.3f}\tWER {run.wer:.2f}")
