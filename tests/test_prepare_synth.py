@@ -218,6 +218,29 @@ def test_dev_split_changes_no_other_split():
         synth.plan_corpus(pool, {**sizes, "dev": 1}, *args, ["en-us+m1"])
 
 
+def test_train_readings_add_other_voices_and_change_nothing_else():
+    pool = S.build_pool({"x": SENTENCES}, 3, 12, 0)
+    sizes = {"train": 6, "heldout": 3, "test": 2, "dev": 2}
+    voices = ["en-us+m1", "en-us+m2", "en-us+f1"]
+    args = (5, voices, synth.TEST_VOICES, (130, 200), (30, 70), synth.DEV_VOICES)
+    one = synth.plan_corpus(pool, sizes, *args)
+    three = synth.plan_corpus(pool, sizes, *args, train_readings=3)
+    assert [u for u in three if "_r" not in u.id] == one  # the first reading and every other split unchanged
+    first = {u.id: u for u in one if u.split == "train"}
+    for k in (2, 3):
+        extra = [u for u in three if u.id.endswith(f"_r{k}")]
+        assert sorted(u.id[:-3] for u in extra) == sorted(first) and all(u.split == "train" for u in extra)
+    for sid, u in first.items():  # three readings of one sentence by three different voices
+        reads = [v for v in three if v.id.split("_r")[0] == sid]
+        assert len(reads) == 3 and {v.text for v in reads} == {u.text}
+        assert sorted(v.voice for v in reads) == sorted(voices)
+    assert len({u.id for u in three}) == len(three)
+    with pytest.raises(ValueError, match="more than the 3 training voices"):
+        synth.plan_corpus(pool, sizes, *args, train_readings=4)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        synth.plan_corpus(pool, sizes, *args, train_readings=0)
+
+
 @needs_tts
 def test_deterministic_and_resumable(tiny_synth):
     d, out, _ = tiny_synth
@@ -249,6 +272,11 @@ def test_deterministic_and_resumable(tiny_synth):
     assert len(read_manifest(out2 / "dev.tsv")) == 2
     with pytest.raises(ValueError, match="n_dev differ"):
         synth.prepare(_args(out2, d / "sentences.txt", "--n-dev", "1"))
+    # a folder made before --train-readings existed holds one reading: it resumes with 1, refuses 2
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "train_readings"}))
+    synth.prepare(_args(out2, d / "sentences.txt"))
+    with pytest.raises(ValueError, match="train_readings differ"):
+        synth.prepare(_args(out2, d / "sentences.txt", "--train-readings", "2"))
 
 
 def test_pool_too_small_is_a_clear_error():

@@ -21,6 +21,7 @@ stage=0
 stop_stage=4
 data=$REPO/data/synth
 n_train=5800  # 3,000 before 2026-12-04 (results/ files of that corpus say --n-train 3000)
+train_readings=1  # readings of each training sentence, each by another training voice (synth.py --train-readings)
 n_heldout=150
 n_test=200
 seed=1
@@ -36,15 +37,15 @@ parse_options "$@"  # --some-name VALUE sets some_name
 case $voices in wide|narrow) ;; *) echo "$0: --voices: wide or narrow (got $voices)" >&2; exit 2 ;; esac
 mkdir -p "$data"
 if [ -f "$data/synth_config.json" ]; then  # a corpus made before with other sizes or voices: say so, do not mix them
-  python - "$data/synth_config.json" "$REPO/fairseq_hkd/prepare/voices.py" "$voices" "$n_train" "$n_heldout" "$n_test" "$seed" <<'PY' || exit 1
+  python - "$data/synth_config.json" "$REPO/fairseq_hkd/prepare/voices.py" "$voices" "$n_train" "$n_heldout" "$n_test" "$seed" "$train_readings" <<'PY' || exit 1
 import importlib.util, json, sys
 path, voices_py, voices = sys.argv[1:4]
-want = dict(zip(("n_train", "n_heldout", "n_test", "seed"), map(int, sys.argv[4:])))
-old = json.load(open(path))
+want = dict(zip(("n_train", "n_heldout", "n_test", "seed", "train_readings"), map(int, sys.argv[4:])))
+old = {"train_readings": 1, **json.load(open(path))}  # (a corpus made before --train-readings: 1)
 diff = [f"{k} {old.get(k)} (asked {v})" for k, v in want.items() if old.get(k) != v]
 if diff:
     sys.exit(f"{path}: this corpus was made with {', '.join(diff)}: pass those sizes (e.g. --n-train "
-             f"{old.get('n_train')}) or use another --data (or delete it to start over)")
+             f"{old.get('n_train')}, --train-readings {old.get('train_readings')}) or use another --data (or delete it to start over)")
 spec = importlib.util.spec_from_file_location("voices", voices_py)  # by path: the package imports torch
 v = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(v)
@@ -63,7 +64,7 @@ if [ -n "$made_unit" ] && [ "$made_unit" != "$unit" ]; then  # dict.txt and teac
 fi
 run_stage 0 "synthesize the corpus" \
   python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" --n-heldout "$n_heldout" \
-    --n-test "$n_test" --seed "$seed" --train-voices "$voices" --jobs "$nj"
+    --n-test "$n_test" --seed "$seed" --train-voices "$voices" --train-readings "$train_readings" --jobs "$nj"
 build_dict() {
   local manifests=() split
   for split in $dict_splits; do manifests+=("$data/$split.tsv"); done
@@ -84,7 +85,8 @@ teacher() {
 run_stage 3 "teacher states" teacher
 dev_split() {
   [ -f "$data/dev.tsv" ] || python -m fairseq_hkd.prepare.synth --out "$data" --n-train "$n_train" \
-    --n-heldout "$n_heldout" --n-test "$n_test" --seed "$seed" --train-voices "$voices" --jobs "$nj"
+    --n-heldout "$n_heldout" --n-test "$n_test" --seed "$seed" --train-voices "$voices" \
+    --train-readings "$train_readings" --jobs "$nj"
   fairseq-hkd-feature-store "$data" --splits dev --workers "$nj"
 }
 run_stage 4 "development split" dev_split

@@ -57,6 +57,8 @@ logger = logging.getLogger("fairseq_hkd.prepare.synth")
 SPLITS = ("train", "heldout", "test", "dev")
 # settings a corpus folder made before they existed lacks; their defaults are what such a folder means
 ADDED_SETTINGS = ("n_dev", "dev_voices")
+# Settings added later with the value a corpus made before them has (a missing key reads as this).
+ADDED_DEFAULTS = {"train_readings": 1}
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,22 @@ class SynthUtt:
 
 def plan_corpus(pool: Pool, sizes: Dict[str, int], seed: int, train_voices: Sequence[str],
                 test_voices: Sequence[str], speed: Tuple[int, int], pitch: Tuple[int, int],
-                dev_voices: Sequence[str] = ()) -> List[SynthUtt]:
+                dev_voices: Sequence[str] = (), train_readings: int = 1) -> List[SynthUtt]:
     """Draw sentences (disjoint across splits) and per-utterance voice/speed/pitch.
 
     Sentences are taken from one seeded shuffle of the pool in the order test, heldout, train,
     so growing ``--n-train`` leaves the evaluation sets unchanged. ``sizes["dev"]`` (optional) reads
     the first heldout sentences again with ``dev_voices``, drawn from a generator of its own, so
-    adding it changes no other split.
+    adding it changes no other split. ``train_readings`` > 1 reads every training sentence that many
+    times: reading k (ids ``train_NNNNN_rK``) by a training voice other than the earlier readings',
+    with its own speed and pitch, from a generator of its own per reading, so the first reading and
+    the other splits are the same as with one reading.
     """
+    if train_readings < 1:
+        raise ValueError(f"--train-readings must be >= 1 (got {train_readings})")
+    if train_readings > len(set(train_voices)):
+        raise ValueError(f"--train-readings {train_readings} is more than the {len(set(train_voices))} "
+                         "training voices: each reading of a sentence takes another voice")
     named = {"--train-voices": set(train_voices), "--test-voices": set(test_voices),
              "--dev-voices": set(dev_voices)}
     for i, (a, va) in enumerate(named.items()):
@@ -105,6 +115,15 @@ def plan_corpus(pool: Pool, sizes: Dict[str, int], seed: int, train_voices: Sequ
             utts.append(SynthUtt(f"{split}_{i:05d}", split, text, pool.source[text], rng.choice(voices),
                                  rng.randint(*speed), rng.randint(*pitch)))
         start += sizes[split]
+    train = [u for u in utts if u.split == "train"]
+    taken = {u.id: {u.voice} for u in train}  # voices that already read the sentence
+    for k in range(2, train_readings + 1):
+        rng = random.Random(f"{seed}-train-r{k}")
+        for u in train:
+            voice = rng.choice([v for v in train_voices if v not in taken[u.id]])
+            taken[u.id].add(voice)
+            utts.append(SynthUtt(f"{u.id}_r{k}", "train", u.text, u.source, voice,
+                                 rng.randint(*speed), rng.randint(*pitch)))
     rng = random.Random(f"{seed}-dev")
     heldout = [u for u in utts if u.split == "heldout"]
     for i, u in enumerate(heldout[:n_dev]):
@@ -180,6 +199,7 @@ def check_config(out: str, config: dict) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
+        old = {**ADDED_DEFAULTS, **old}
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "pool_stats"
                       and not (k in ADDED_SETTINGS and k not in old))
         if diff:
@@ -225,7 +245,7 @@ def prepare(args: argparse.Namespace) -> Dict[str, List[Utterance]]:
     config.update(espeak_version=espeak_version, pool_stats=pool.stats, train_voices=list(args.train_voices),
                   test_voices=list(args.test_voices), dev_voices=list(args.dev_voices))
     utts = plan_corpus(pool, sizes, args.seed, args.train_voices, args.test_voices,
-                       tuple(args.speed), tuple(args.pitch), args.dev_voices)
+                       tuple(args.speed), tuple(args.pitch), args.dev_voices, args.train_readings)
     check_config(out, config)
     with open(os.path.join(out, "utterances.tsv"), "w", encoding="utf-8") as f:
         f.write("id\tsplit\tvoice\tspeed\tpitch\tsource\ttext\n")
@@ -259,6 +279,9 @@ def get_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (wav/, {split}.tsv, ...)")
     p.add_argument("--n-train", type=int, default=3000, help="training utterances (training voices)")
+    p.add_argument("--train-readings", type=int, default=1,
+                   help="readings of every training sentence, each by another training voice (speed, pitch "
+                        "drawn again); the other splits do not change")
     p.add_argument("--n-heldout", type=int, default=150, help="held-out sentences, training voices")
     p.add_argument("--n-test", type=int, default=200, help="held-out sentences, unseen voices")
     p.add_argument("--n-dev", type=int, default=None,
