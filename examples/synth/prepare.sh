@@ -4,6 +4,7 @@
 # Usage (from anywhere; options override the defaults below):
 #   examples/synth/prepare.sh                                  # data/synth, 5,800 / 150 / 200 (+ 150 dev) utterances
 #   examples/synth/prepare.sh --data /tmp/s --n-train 300 --stage 0 --stop-stage 3
+#   examples/synth/prepare.sh --data data/synth6k-wide-r2 --train-readings 2  # each training sentence read by 2 voices
 #
 # Stages (each leaves DATA/.stageN.done; delete it to redo a stage):
 #   0  synthesize train / heldout (training voices) / test (unseen voices)   python -m fairseq_hkd.prepare.synth
