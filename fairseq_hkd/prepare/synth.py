@@ -278,7 +278,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Synthesize the English demo corpus (espeak-ng + sox).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (wav/, {split}.tsv, ...)")
-    p.add_argument("--n-train", type=int, default=3000, help="training utterances (training voices)")
+    p.add_argument("--n-train", type=int, default=3000, help="training sentences (training voices; utterances: this times --train-readings)")
     p.add_argument("--train-readings", type=int, default=1,
                    help="readings of every training sentence, each by another training voice (speed, pitch "
                         "drawn again); the other splits do not change")
@@ -320,6 +320,8 @@ def cli_main(argv=None) -> None:
     for name in ("n_train", "n_heldout", "n_test", "n_dev"):
         if (getattr(args, name) or 0) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
+    if args.train_readings < 1:
+        raise SystemExit(f"--train-readings must be >= 1 (got {args.train_readings})")
     prepare(args)
 
 
