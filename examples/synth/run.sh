@@ -31,13 +31,15 @@ conf=tiny       # train.sh --conf: conf/$conf.sh, the model and training recipe
 max_tokens=5000 # train.sh --max-tokens: padded 10 ms frames per batch
 unit=word       # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
 voices=wide     # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
+train_readings=2  # readings of each training sentence by other training voices (prepare.sh --train-readings): 2 since
+                  # 2026-12-06, 1 before (results/train-readings: heldout and dev WER lower for CIF and HKD)
 acd_weight=0.05 # HKD's ACD weight (train.sh's default, chosen on heldout; 0.2 before 2026-12-03, the paper's 1.0: README)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name
 
 start=$(date +%s)
-"$HERE/prepare.sh" --data "$data" --unit "$unit" --voices "$voices"
+"$HERE/prepare.sh" --data "$data" --unit "$unit" --voices "$voices" --train-readings "$train_readings"
 if [ "$max_update" = auto ]; then  # as many updates as fit the demo's ~20 minutes on 2 cores
   max_update=1600
   if [ "$bf16" = yes ] || { [ "$bf16" = auto ] && "$REPO/.venv/bin/python" -c \
