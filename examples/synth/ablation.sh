@@ -18,8 +18,8 @@
 # A run whose summary is already in RESULTS, or whose EXP/SYSTEM-sSEED has been decoded, is not run
 # again, so an interrupted ablation resumes and committed results count. Each finished run's summary
 # (summarize.sh) goes to RESULTS/SYSTEM-sSEED.txt at once, with the test references and hypotheses
-# (the T-/D- lines of fairseq-generate's output) in RESULTS/SYSTEM-sSEED.generate-test.txt for the
-# bootstrap. CIF seed 1 keeps every epoch's checkpoint; they are decoded on heldout for the learning
+# (the T-/D- lines of fairseq-generate's output) in RESULTS/SYSTEM-sSEED.generate-{test,heldout,dev}.txt for
+# the bootstraps (heldout and dev since 2026-12-06). CIF seed 1 keeps every epoch's checkpoint; they are decoded on heldout for the learning
 # curve RESULTS/curve-cif-s1.tsv. ACD and LRD weights: --acd-weight (0.05, the recipe's, chosen on
 # heldout; results/abl-4000 was run with --acd-weight 0.2) and --lrd-weight (0.01); --acd-weight 1.0
 # gives the paper's.
@@ -46,6 +46,7 @@ redecode=no       # yes: runs trained before are decoded again (their summaries 
 only="cif hkd acd lrd"  # the systems to run (the table shows every system with results for all its seeds)
 unit=word         # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
 voices=wide       # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
+train_readings=2  # readings of each training sentence (prepare.sh --train-readings): 2 since 2026-12-06, as the demo; 1 before
 acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
 
@@ -72,7 +73,7 @@ for seed in $(echo $main_seeds $part_seeds | tr ' ' '\n' | sort -un); do
   done
 done
 
-"$HERE/prepare.sh" --data "$data" --unit "$unit" --voices "$voices"
+"$HERE/prepare.sh" --data "$data" --unit "$unit" --voices "$voices" --train-readings "$train_readings"
 
 # Runs go side by side, `--parallel` at a time, each on nproc / parallel threads (two 1-thread runs
 # make more updates per second in total than one 2-thread run on 2 cores).
@@ -98,7 +99,11 @@ run_one() {  # run_one SYSTEM SEED: train + decode into EXP/SYSTEM-sSEED unless 
   fi
   local at=$commit; [ "$redecode" != yes ] || at="$commit (decoded again; trained before, command below)"
   "$HERE/summarize.sh" --exp "$dir" --commit "$at" --out "$results/$sys-s$seed.txt" > /dev/null
-  grep -E "^(T|D)-|WER: " "$dir/decode-test/generate-test.txt" > "$results/$sys-s$seed.generate-test.txt"
+  local split
+  for split in test heldout dev; do  # test always; heldout and dev where decoded (runs decoded before dev existed)
+    [ "$split" = test ] || [ -f "$dir/decode-$split/generate-$split.txt" ] || continue
+    grep -E "^(T|D)-|WER: " "$dir/decode-$split/generate-$split.txt" > "$results/$sys-s$seed.generate-$split.txt"
+  done
 }
 failed=0
 for job in "${jobs_list[@]}"; do
@@ -149,14 +154,21 @@ field() { sed -n "s/^$2: //p" "$1"; }  # field SUMMARY NAME
   echo
   echo "mean ± sample standard deviation (min-max) over seeds; conf/$conf.sh, $max_update updates of <= $max_tokens frames, beam $beam, commit $commit."
   echo
-  echo "Paired comparisons with CIF on test (seeds paired by number; bootstrap over the test utterances):"
-  echo
-  for sys in acd lrd hkd; do
-    [ -n "$(seeds_of $sys)" ] && has_results $sys && has_results cif || continue
-    base=() syst=()
-    for seed in $(seeds_of $sys); do
-      base+=("$results/cif-s$seed.generate-test.txt"); syst+=("$results/$sys-s$seed.generate-test.txt"); done
-    echo "- $(python -m fairseq_hkd.generation.significance --baseline "${base[@]}" --system "${syst[@]}" \
-      --names CIF "${names[$sys]}" 2> /dev/null)"
+  for split in test heldout dev; do
+    echo "Paired comparisons with CIF on $split (seeds paired by number; bootstrap over the $split utterances):"
+    echo
+    for sys in acd lrd hkd; do
+      [ -n "$(seeds_of $sys)" ] && has_results $sys && has_results cif || continue
+      base=() syst=()
+      for seed in $(seeds_of $sys); do
+        base+=("$results/cif-s$seed.generate-$split.txt"); syst+=("$results/$sys-s$seed.generate-$split.txt"); done
+      if ls "${base[@]}" "${syst[@]}" > /dev/null 2>&1; then
+        echo "- $(python -m fairseq_hkd.generation.significance --baseline "${base[@]}" --system "${syst[@]}" \
+          --names CIF "${names[$sys]}" 2> /dev/null)"
+      else
+        echo "- ${names[$sys]}: no $split hypotheses kept for every seed (runs summarised before 2026-12-06)"
+      fi
+    done
+    echo
   done
 } | tee "$results/ablation-table.md"
