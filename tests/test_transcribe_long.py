@@ -23,7 +23,7 @@ from fairseq_hkd.generation.audio_stream import AudioStream
 from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs
 from fairseq_hkd.generation.pipeline import PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.results import join_texts, word_spans
-from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig, trim_to_speech
+from fairseq_hkd.generation.segments import Segmenter, SegmenterConfig, speech_extent, trim_to_speech
 from test_generate_e2e import trained_cif  # noqa: F401  (shared session fixture: one training run)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,6 +230,38 @@ def test_speech_edges_keep_the_detector_edges_in_noise():
     assert len(spans(clean + noise, "speech")) == 3
     assert spans(clean + noise, "speech") == spans(clean + noise, "vad")
     assert spans(clean, "speech") != spans(clean, "vad")
+
+
+class CentredEnergyDetector(EnergyDetector):
+    """The stand-in detector, blind to a DC offset (as Silero, which sees the waveform's shape)."""
+
+    def __call__(self, frames):
+        return super().__call__(frames - frames.mean(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("dc", [0.2, -0.05])
+def test_speech_edges_survive_a_dc_offset(dc):
+    """A constant offset (rule 5) moves no speech edge: the spans of the file plus ``dc`` are those of
+    the file, where the offset's square in the levels (0.2: -14 dB, 26 dB under the tones) made every
+    segment fall back to the detector's edges before; the whole-file extent too. A slow drift (the
+    offset rising linearly by 0.005 over the 6-s file) moves no edge by more than one 4-ms sub-frame."""
+    plan = [(0.5, 1.0, 400), (0.6, 1.5, 800), (0.7, 1.2, 1200)]
+    clean, _ = bursts(plan)
+
+    def spans(wav, edges="speech"):
+        seg = Segmenter(CentredEnergyDetector(), SegmenterConfig(min_silence_s=0.3, pad_end_s=0.1, edges=edges))
+        out = []
+        for i in range(0, len(wav), 3000):
+            out += seg.feed(wav[i: i + 3000])
+        return out + seg.finish()
+
+    want = spans(clean)
+    assert len(want) == 3 and want != spans(clean, "vad")
+    assert spans(clean + np.float32(dc)) == want
+    drift = clean + np.linspace(0, 0.005, clean.shape[0], dtype=np.float32)
+    got = spans(drift)
+    assert len(got) == 3 and np.abs(np.subtract(got, want)).max() <= 64, (got, want)
+    assert speech_extent(clean + np.float32(dc), SegmenterConfig()) == speech_extent(clean, SegmenterConfig())
 
 
 def test_speech_without_pauses_is_cut_at_max_length():

@@ -29,6 +29,15 @@ Torch-free (numpy), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. A
    ``fairseq-generate`` decodes them) a file short enough to be decoded whole (``pipeline.py``) loses
    the silence beyond the same pads (:func:`trim_to_speech`): 0.2-1 s of silence around the demo's
    heldout utterances takes the demo CIF from 8.17 to 15-17 WER, trimmed 7.99.
+5. Levels are measured without the recording's DC offset (a cheap sound card's, or a file's constant
+   bias): its square would otherwise raise the noise floor above ``edge_min_range_db`` below the peak
+   and every segment would fall back to the detector's edges. The offset is the running mean of the
+   pause frames' means (frames below the detector's ``threshold - 0.15``; the mean of all of them up to
+   ``dc_window_s``, then an exponential average with that time constant, so it follows a slow drift).
+   Speech frames do not count: a partial cycle of a low voice leaves a frame mean of up to a few % of
+   its amplitude, too close to the 40 dB below the peak that the edges look for; nor is a frame's own
+   mean removed, which would leak an onset's partial tone into the silent samples before it. Until the
+   first pause the offset is taken as 0. The detector sees the audio as it is.
 
 Memory: the probabilities, energies and 4-ms sub-frame levels of the open segment only (at most
 ``max_segment_s``, and ``edge_search_s`` before it);
@@ -73,6 +82,7 @@ class SegmenterConfig:
     edge_rel_db: float = 40.0
     edge_min_range_db: float = 30.0
     trim_files: bool = False  # files decoded whole lose the silence beyond edge_pads_s (with edges="speech")
+    dc_window_s: float = 1.0  # time constant of the DC offset removed before the levels are measured (rule 5)
 
     def __post_init__(self):
         assert 0.0 < self.threshold < 1.0, f"threshold {self.threshold} must be in (0, 1)"
@@ -84,6 +94,7 @@ class SegmenterConfig:
             f"pad_end_s {self.pad_end_s} must be in [0, min_silence_s {self.min_silence_s}]: a segment's end pad "
             "must be audio already seen when the segment closes")
         assert self.pad_start_s >= 0.0, self.pad_start_s
+        assert self.dc_window_s > 0.0, f"dc_window_s {self.dc_window_s} must be > 0"
         assert self.max_segment_s >= 4 * self.min_speech_s > 0, (self.max_segment_s, self.min_speech_s)
 
 
@@ -108,7 +119,8 @@ def speech_extent(wav: np.ndarray, cfg: SegmenterConfig, sub: int = 64) -> Optio
     n = wav.shape[0] // sub
     if n == 0:
         return None
-    db = _db(np.mean(wav[: n * sub].astype(np.float64).reshape(n, sub) ** 2, axis=1))
+    x = wav[: n * sub].astype(np.float64)
+    db = _db(np.mean((x - x.mean()).reshape(n, sub) ** 2, axis=1))  # rule 5: without the file's DC offset
     edges = speech_onset_offset(db, float(db.max()), float(np.percentile(db, 5)), cfg)
     return None if edges is None else (edges[0] * sub, edges[1] * sub)
 
@@ -149,6 +161,7 @@ class Segmenter:
         # a span is given out once this much audio after its end is analysed: a segment starting later
         # cannot want audio before that end (speech edges only; the detector's edges need no wait)
         self.lookahead = self.reach if self.speech_edges else 0
+        self.dc_frames = max(1, int(round(cfg.dc_window_s * sr / F)))  # rule 5: the DC average's frames
         self.reset()
 
     def reset(self) -> None:
@@ -166,6 +179,8 @@ class Segmenter:
         self.sub_first = 0
         self.pending: Optional[Span] = None  # a closed span whose end is not analysed yet
         self.last_end = 0  # end sample of the last span given out
+        self.dc = 0.0  # the DC offset's running estimate (rule 5)
+        self.dc_seen = 0  # frames in it (a plain mean up to dc_frames)
 
     # ------------------------------------------------------------------ public
     def feed(self, samples: np.ndarray) -> List[Span]:
@@ -178,7 +193,7 @@ class Segmenter:
             return []
         frames = x[: n * self.F].reshape(n, self.F)
         probs = np.asarray(self.detector(frames), dtype=np.float64).reshape(n)
-        power = frames.astype(np.float64) ** 2
+        power = (frames.astype(np.float64) - self._dc(frames, probs)[:, None]) ** 2
         energy = np.log10(np.mean(power, axis=1) + 1e-10)
         sub = _db(power.reshape(n, -1, self.S).mean(axis=2))  # [n, F / S]
         out: List[Span] = []
@@ -201,6 +216,17 @@ class Segmenter:
         if self.pending is not None:
             keep = min(keep, self.pending[0])
         return max(self.last_end, keep, 0)
+
+    def _dc(self, frames: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """[n, F] frames, [n] their speech probabilities -> [n] the DC offset at each (rule 5); the
+        running estimate is updated by the pause frames."""
+        out = np.empty(frames.shape[0])
+        for k, (m, p) in enumerate(zip(frames.mean(axis=1, dtype=np.float64).tolist(), probs.tolist())):
+            if p < self.neg_threshold:
+                self.dc_seen += 1
+                self.dc += (m - self.dc) / min(self.dc_seen, self.dc_frames)
+            out[k] = self.dc
+        return out
 
     # ------------------------------------------------------------------ state machine
     def _step(self, p: float, e: float, sub: np.ndarray) -> List[Span]:
