@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One run's summary as a small text file (for examples/synth/results/): WER per split, the last
-# heldout validation line's fire-count accuracy and teacher-forced token error, updates, training
+# heldout validation line's fire-count accuracy and teacher-forced token error (and the fire count of
+# the epoch checkpoint_best.pt, the decoded one, comes from: the last validation whose loss was the best so far), updates, training
 # wall time, commit, the training command (EXP/command.txt, train.sh writes it) and fairseq's settings.
 #
 # Usage:
@@ -24,6 +25,11 @@ log=$exp/train.log
 field() {  # field NAME: the value of "NAME v" in the last heldout validation line
   grep -E "\| heldout \| .*valid on" "$log" | tail -n 1 | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"
 }
+best_field() {  # best_field NAME: the value of "NAME v" in the validation line of checkpoint_best.pt's epoch
+  grep -E "\| heldout \| .*valid on" "$log" | awk '{l = ""; b = ""; for (i = 1; i < NF; i++) {
+      if ($i == "loss" && $(i - 1) == "|") l = $(i + 1); if ($i == "best_loss") b = $(i + 1) }
+    if (l != "" && l == b) line = $0} END {print line}' | sed -n "s/.*| $1 \([^ |]*\).*/\1/p"
+}
 summary() {
   echo "run: $exp"
   echo "commit: $commit"
@@ -32,6 +38,7 @@ summary() {
     name=$(basename "$f" .txt); echo "WER ${name#wer-summary-}: $(cat "$f")"
   done
   echo "heldout fire_acc: $(field fire_acc)"
+  echo "heldout fire_acc of checkpoint_best: $(best_field fire_acc) (updates $(best_field num_updates))"
   echo "heldout tf_ter: $(field tf_ter)"
   echo "heldout acd_acc: $(field acd_acc)"
   echo "updates: $(field num_updates)"
