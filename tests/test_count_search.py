@@ -156,6 +156,33 @@ def test_candidates_never_exceed_the_encoder_frames():
     assert (out.cif_lengths <= out.encoder_lengths).all()
 
 
+def test_peaky_weights_decode_every_candidate():
+    """A model trained long enough gives peaky weights: ~1 at its fires, ~1e-9 or exactly 0 between. The
+    candidate L_b + 1 must still fire L_b + 1 tokens (the free frames fill the unit the capped ones
+    leave), and no candidate may exceed the frames of positive weight: decoding does not raise, and
+    the count search tries L_b + 1 where a frame of tiny weight can take it."""
+    model, d = build_real_model(vocab=12, seed=7)
+    src, lengths, enc = encode(model, [200, 160], seed=7)
+
+    def peaky(h, mask):
+        t = torch.arange(h.shape[1])
+        a = torch.where(t % 3 == 0, torch.tensor(0.999), torch.where(t % 3 == 1, torch.tensor(1e-9), torch.tensor(0.0)))
+        a = a.expand(h.shape[0], -1)
+        return a.masked_fill(mask, 0.0) if mask is not None else a
+
+    with torch.no_grad():
+        model.cif.predict_alpha = peaky
+        alpha, raw = model.forward_cif(enc)
+        out = CifGenerator([model], d, beam_size=1, count_search=1, ctc_weight=0.0).decode(src, lengths)
+        gen = CifGenerator([model], d, beam_size=1, count_search=1, ctc_weight=0.0)
+        _, cands = gen.search_candidates(enc, raw.lengths, alpha)
+    support = (alpha > 0).sum(1)
+    assert (out.cif_lengths <= support).all()
+    B = len(lengths)
+    assert cands.lengths[2 * B:].tolist() == torch.minimum(raw.lengths + 1, support).tolist()
+    assert (raw.lengths + 1 <= support).any()  # the +1 candidate is searched somewhere
+
+
 def test_nar_decoder_count_search_runs_per_candidate():
     model, d = build_real_model("non_autoregressive", vocab=12, seed=6)
     src, lengths, _ = encode(model, [180, 120], seed=6)

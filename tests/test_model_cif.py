@@ -202,6 +202,20 @@ def test_scale_alpha_caps_frames_at_one_and_keeps_the_sum():
     assert (scaled <= 1.0).all()
 
 
+def test_scale_alpha_fills_the_room_left_by_capped_frames_exactly():
+    """A peaky model: fire frames at 1, the rest ~1e-9 (the paper's eps of 1e-8 would swamp them and
+    the row would carry S - 0.6 instead of S). S = 4 with three frames at 1: the free frames share the
+    one unit left in proportion, 1/3 and 2/3 (by hand); CIF then fires exactly 4 tokens. A row whose
+    free weights are all 0 cannot be scaled up: it keeps its capped frames and the middleware reports it."""
+    alpha = torch.tensor([[1.0, 1e-9, 1.0, 2e-9, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    scaled = scale_alpha(alpha, torch.tensor([4, 3]))
+    torch.testing.assert_close(scaled[0], torch.tensor([1.0, 1 / 3, 1.0, 2 / 3, 1.0, 0.0]))
+    torch.testing.assert_close(scaled[1], torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    h = torch.randn(1, 6, 4)
+    out = cif_op(scaled[:1], h, None, threshold=1.0, tail_threshold=0.5, max_tokens=4)
+    assert out.lengths.tolist() == [4]
+
+
 def test_too_many_targets_for_the_frames_raises():
     mid = CifMiddleware(8, dropout=0.0)
     h = torch.randn(1, 4, 8)

@@ -264,7 +264,7 @@ class CifGenerator:
             lengths, fire_mask = cif_out.lengths, cif_out.fire_mask
             result = self.search(cif_out.embeddings, lengths)
         else:
-            result, fire_mask, lengths = self.count_search_decode(encoder_out, cif_out.lengths)
+            result, fire_mask, lengths = self.count_search_decode(encoder_out, cif_out.lengths, alpha)
         enc_lengths = encoder_out["encoder_lengths"]
         fires = fire_frames(fire_mask, lengths, enc_lengths)
         hypos = self.to_hypos(result, fires)
@@ -274,17 +274,18 @@ class CifGenerator:
         """Beam search (autoregressive decoder) or argmax (NAR) over CIF outputs [B, N, C], lengths [B]."""
         return self.beam_search(embeddings, lengths) if self.autoregressive else self.nar_argmax(embeddings, lengths)
 
-    def count_search_decode(self, encoder_out: Dict[str, Tensor], predicted: Tensor):
+    def count_search_decode(self, encoder_out: Dict[str, Tensor], predicted: Tensor, alpha: Tensor):
         """Search every candidate count ``predicted + d``, ``|d| <= count_search`` (module docstring).
 
         encoder_out: the model's encoder dict (B utterances); predicted [B] long, the CIF count of the
-        raw weights (0 stays 0: nothing to transcribe; no candidate exceeds the encoder frames).
+        raw weights (0 stays 0: nothing to transcribe; no candidate exceeds the frames of positive
+        weight, each of which holds at most one unit); alpha [B, T'] the raw weights.
         -> (CifSearchResult of the chosen candidates, fire_mask [B, T'] and lengths [B] of their
         scaled weights).
         """
         R, bsz = self.count_search, predicted.numel()
         m = 2 * R + 1
-        result, cif = self.search_candidates(encoder_out, predicted)
+        result, cif = self.search_candidates(encoder_out, predicted, alpha)
         if m == 1:
             return result, cif.fire_mask, cif.lengths
         joint = result.scores[:, 0].float()  # [M * B] the best hypothesis of each candidate
@@ -301,14 +302,14 @@ class CifGenerator:
                                  result.positional_scores[rows])
         return chosen, cif.fire_mask[rows], cif.lengths[rows]
 
-    def search_candidates(self, encoder_out: Dict[str, Tensor], predicted: Tensor):
+    def search_candidates(self, encoder_out: Dict[str, Tensor], predicted: Tensor, alpha: Tensor):
         """The candidate counts ``predicted + d``, ``|d| <= count_search`` (at least 1, at most the
-        encoder frames; 0 stays 0), each searched with the weights scaled to it, as one batch.
+        frames of positive weight ``alpha``; 0 stays 0), each searched with the weights scaled to it, as one batch.
 
         -> (CifSearchResult and CifOutput with M * B rows, row d_index * B + b).
         """
         deltas = torch.arange(-self.count_search, self.count_search + 1, device=predicted.device)  # [M]
-        frames = encoder_out["encoder_lengths"].to(predicted)  # a frame holds at most one unit of weight
+        frames = (alpha > 0).sum(dim=1).to(predicted)  # a frame holds at most one unit of weight (0 at padding)
         counts = torch.minimum((predicted[None, :] + deltas[:, None]).clamp(min=1), frames[None, :])  # [M, B]
         counts = torch.where(predicted[None, :] > 0, counts, torch.zeros_like(counts)).reshape(-1)  # [M * B]
         repeated = {k: torch.cat([v] * deltas.numel(), dim=0) for k, v in encoder_out.items() if torch.is_tensor(v)}

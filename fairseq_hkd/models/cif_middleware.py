@@ -36,9 +36,9 @@ def scale_alpha(alpha: torch.Tensor, target_lengths: torch.Tensor, eps: float = 
     The paper's rule alpha * S / (sum alpha + eps). A frame can hold at most one unit of weight
     (the op clamps to 1; more would be two fires in one frame), so where that rule pushes frames
     above 1 -- possible whenever S is close to the number of frames -- those frames are set to 1
-    and the rest rescaled to carry the remaining S - #capped (repeated until none exceeds 1; rows
-    without overflow are exactly the paper's rule). Rows with S > #frames cannot reach S; the
-    middleware reports them.
+    and the rest rescaled to carry the remaining S - #capped exactly (repeated until none exceeds 1;
+    rows without overflow are exactly the paper's rule). Rows with S > #frames of positive weight
+    cannot reach S; the middleware reports them.
     """
     target = target_lengths.to(alpha.dtype).unsqueeze(1)
     scaled = alpha * (target / (alpha.sum(dim=1, keepdim=True) + eps))
@@ -48,9 +48,13 @@ def scale_alpha(alpha: torch.Tensor, target_lengths: torch.Tensor, eps: float = 
         if not bool(over.any()):
             break
         capped |= over
-        free = torch.where(capped, torch.zeros_like(alpha), alpha)
-        room = (target - capped.sum(dim=1, keepdim=True).to(alpha.dtype)).clamp(min=0.0)
-        scaled = torch.where(capped, torch.ones_like(alpha), free * (room / (free.sum(dim=1, keepdim=True) + eps)))
+        # the free frames share what the capped ones leave, exactly (float64, no eps): a peaky model's
+        # free weights of ~1e-9 would otherwise be swamped by eps and carry too little
+        free = torch.where(capped, torch.zeros_like(alpha), alpha).double()
+        room = (target.double() - capped.sum(dim=1, keepdim=True).double()).clamp(min=0.0)
+        total = free.sum(dim=1, keepdim=True)
+        share = free / total.clamp(min=torch.finfo(torch.float64).tiny)  # 0 where every free weight is 0
+        scaled = torch.where(capped, torch.ones_like(alpha), (share * room).to(alpha.dtype))
     return scaled
 
 

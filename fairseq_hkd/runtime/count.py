@@ -1,6 +1,6 @@
 """Choosing the CIF count in the runtime: the numpy form of ``CifGenerator.count_search_decode``.
 
-The raw weights' count L_b proposes n = L_b - R .. L_b + R (at least 1, at most the encoder frames;
+The raw weights' count L_b proposes n = L_b - R .. L_b + R (at least 1, at most the frames of positive weight;
 0 stays 0); each candidate is integrated with the weights scaled to n (``scale_alpha``, the
 training rule of ``models/cif_middleware.py``) and searched; the candidate whose best hypothesis
 has the best ``W * log p_CTC + (1 - W) * score`` wins (``ctc_log_likelihood``: the CTC head's
@@ -18,7 +18,8 @@ __all__ = ["candidate_counts", "scale_alpha", "ctc_log_likelihood", "choose_cand
 
 
 def candidate_counts(predicted: np.ndarray, frames: np.ndarray, radius: int) -> np.ndarray:
-    """predicted [B] (the raw weights' counts), frames [B] (valid encoder frames) -> [M, B] int64."""
+    """predicted [B] (the raw weights' counts), frames [B] (the frames that can carry weight: alpha > 0;
+    each holds at most one unit) -> [M, B] int64."""
     deltas = np.arange(-radius, radius + 1)[:, None]
     counts = np.minimum(np.maximum(predicted[None, :] + deltas, 1), frames[None, :])
     return np.where(predicted[None, :] > 0, counts, 0).astype(np.int64)
@@ -38,9 +39,10 @@ def scale_alpha(alpha: np.ndarray, targets: np.ndarray, eps: float = 1e-8) -> np
         if not over.any():
             break
         capped |= over
-        free = np.where(capped, np.float32(0.0), alpha)
-        room = np.maximum(target - capped.sum(axis=1, keepdims=True).astype(np.float32), np.float32(0.0))
-        scaled = np.where(capped, np.float32(1.0), free * (room / (free.sum(axis=1, keepdims=True) + eps)))
+        free = np.where(capped, 0.0, alpha.astype(np.float64))  # shared exactly, in float64 (as torch's)
+        room = np.maximum(target.astype(np.float64) - capped.sum(axis=1, keepdims=True), 0.0)
+        share = free / np.maximum(free.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        scaled = np.where(capped, np.float32(1.0), (share * room).astype(np.float32))
     return scaled.astype(np.float32)
 
 
