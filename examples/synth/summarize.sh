@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run's summary as a small text file (for examples/synth/results/): WER per split, the last
-# heldout validation line's fire-count accuracy and teacher-forced token error (and the fire count of
-# the epoch checkpoint_best.pt, the decoded one, comes from: the last validation whose loss was the best so far), updates, training
+# heldout validation line's fire-count accuracy and teacher-forced token error, the fire count of the
+# epoch checkpoint_best.pt (the decoded one) was saved at (the last validation whose loss was the best so far), updates, training
 # wall time, commit, the training command (EXP/command.txt, train.sh writes it) and fairseq's settings.
 #
 # Usage:

@@ -207,7 +207,8 @@ class OnnxRecognizer:
                             predicted: np.ndarray):
         """Every candidate count of ``runtime/count.py`` searched in one batch of M x B rows; ->
         (CifResult of the chosen candidates, their best hypotheses)."""
-        support = (np.asarray(alpha) > 0).sum(axis=1)  # frames that can carry weight (0 at padding)
+        valid = np.arange(alpha.shape[1])[None, :] < np.asarray(enc_lengths)[:, None]
+        support = ((np.asarray(alpha) > 0) & valid).sum(axis=1)  # frames that can carry weight
         counts = candidate_counts(np.asarray(predicted), support, self.count_search)  # [M, B]
         M, B = counts.shape
         cands = [cif_numpy(scale_alpha(alpha, counts[m]), h, enc_lengths, self.threshold, self.tail_threshold)
