@@ -202,3 +202,31 @@ def _install_criterion_state_handover() -> None:
 
 
 _install_criterion_state_handover()
+
+
+# 7. fairseq-train --store-ema on a model with integer buffers ---------------------------------------
+# Reason: fairseq 0.12's EMA decays every state-dict entry in place (`ema_param.mul_(decay)`), which
+# fails on integer buffers ("result type Float can't be cast to the desired output type Long"): our
+# conformer's BatchNorm counts its batches in a long `num_batches_tracked`. The EMA takes keys to copy
+# instead of decay (`skip_keys`) but the Trainer builds it without them; we pass the integer entries.
+def _build_ema_copying_integer_buffers(original):
+    @functools.wraps(original)
+    def build_ema(model, cfg, device):
+        ema = original(model, cfg, device)
+        ema.skip_keys = set(ema.skip_keys) | {
+            key for key, value in model.state_dict().items()
+            if torch.is_tensor(value) and not torch.is_floating_point(value)}
+        return ema
+
+    build_ema.__hkd_integer_buffers__ = True
+    return build_ema
+
+
+def _install_ema_integer_buffers() -> None:
+    from fairseq import trainer
+
+    if not getattr(trainer.build_ema, "__hkd_integer_buffers__", False):
+        trainer.build_ema = _build_ema_copying_integer_buffers(trainer.build_ema)
+
+
+_install_ema_integer_buffers()

@@ -41,8 +41,10 @@ class _Float32SoftmaxRelPosAttention(RelPositionMultiHeadedAttention):
         scores = scores.float()
         if mask is not None:
             scores = scores.masked_fill(mask.unsqueeze(1).unsqueeze(2).to(bool), float("-inf"))
-        self.attn = torch.softmax(scores, dim=-1)
-        x = torch.matmul(self.dropout(self.attn).to(value.dtype), value)  # [B, H, T1, d_k]
+        # fairseq keeps the probabilities in ``self.attn``; held there they kept the last batch's graph
+        # alive and made the module impossible to deepcopy (fairseq-train --store-ema)
+        attn = torch.softmax(scores, dim=-1)
+        x = torch.matmul(self.dropout(attn).to(value.dtype), value)  # [B, H, T1, d_k]
         return self.linear_out(x.transpose(1, 2).contiguous().view(value.size(0), -1, self.h * self.d_k))
 
 
