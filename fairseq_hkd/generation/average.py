@@ -17,6 +17,8 @@ Usage::
     # update-based checkpoints (checkpoint_EPOCH_UPDATE.pt), or explicit files
     fairseq-hkd-average-checkpoints --inputs exp/run --num-update-checkpoints 5 --output avg.pt
     fairseq-hkd-average-checkpoints --inputs a.pt b.pt c.pt --output avg.pt
+    # the EMA weights of a run trained with --store-ema --ema-decay D, as a checkpoint to decode
+    fairseq-hkd-average-checkpoints --inputs exp/run/checkpoint_last.pt --ema --output exp/run/checkpoint_ema.pt
 
     fairseq-generate DATA --user-dir fairseq_hkd --task cif_asr --path exp/cif_hkd/checkpoint_avg10.pt \\
         --gen-subset test --beam 10 --scoring wer --wer-char-level
@@ -63,8 +65,13 @@ def last_checkpoints(directory: str, n: int, by: str = "epoch", upper_bound: Opt
     return [p for _, p in found[-n:]]
 
 
-def average_checkpoints(paths: Sequence[str]) -> Dict:
-    """Load fairseq checkpoints and return the newest one's state with averaged ``model`` weights."""
+def average_checkpoints(paths: Sequence[str], ema: bool = False) -> Dict:
+    """Load fairseq checkpoints and return the newest one's state with averaged ``model`` weights.
+
+    ema: average the weights' exponential moving averages that ``fairseq-train --store-ema`` keeps in
+    each checkpoint (``extra_state["ema"]``) instead of the trained weights; with one path this is
+    that checkpoint's EMA as a checkpoint of its own, which fairseq-generate decodes.
+    """
     from fairseq import checkpoint_utils  # torch.load goes through fairseq_hkd.compat's shims
 
     if not paths:
@@ -73,6 +80,12 @@ def average_checkpoints(paths: Sequence[str]) -> Dict:
     state = None
     for i, path in enumerate(paths):
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        if ema:
+            model = (state.get("extra_state") or {}).get("ema")
+            if model is None:
+                raise ValueError(f"{path} holds no EMA weights: train with --store-ema --ema-decay D, or "
+                                 "average its trained weights (leave out --ema)")
+            state["model"] = model
         model = state["model"]
         if i == 0:
             keys = list(model.keys())
@@ -95,6 +108,8 @@ def average_checkpoints(paths: Sequence[str]) -> Dict:
     if state["extra_state"] is None:
         state["extra_state"] = {}
     state["extra_state"]["averaged_from"] = [os.path.basename(p) for p in paths]
+    state["extra_state"]["averaged_weights"] = "ema" if ema else "model"
+    state["extra_state"].pop("ema", None)  # the newest checkpoint's EMA is not what this file holds
     # load_checkpoint_to_cpu turned the saved config into an OmegaConf object; save it as plain
     # containers again, as fairseq's trainer does (torch.load(weights_only=True) reads only those)
     from omegaconf import OmegaConf
@@ -118,6 +133,9 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> None:
                        help="average the last N checkpoint_{EPOCH}_{UPDATE}.pt")
     parser.add_argument("--checkpoint-upper-bound", type=int,
                         help="ignore checkpoints after this epoch (or update)")
+    parser.add_argument("--ema", action="store_true",
+                        help="average the EMA weights fairseq-train --store-ema keeps in each checkpoint; "
+                             "with one input: that checkpoint's EMA as a checkpoint to decode")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
 
@@ -126,14 +144,21 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> None:
         if len(args.inputs) != 1 or not os.path.isdir(args.inputs[0]):
             parser.error("--num-epoch-checkpoints / --num-update-checkpoints take one directory in --inputs")
         by = "epoch" if args.num_epoch_checkpoints else "update"
-        paths = last_checkpoints(args.inputs[0], n, by, args.checkpoint_upper_bound)
+        try:
+            paths = last_checkpoints(args.inputs[0], n, by, args.checkpoint_upper_bound)
+        except FileNotFoundError as e:
+            parser.exit(1, f"error: {e}\n")
     else:
         paths = args.inputs
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             parser.error(f"not a checkpoint file: {missing[0]} (pass a directory with --num-epoch-checkpoints N)")
-    logger.info("averaging %d checkpoints: %s", len(paths), ", ".join(paths))
-    state = average_checkpoints(paths)
+    logger.info("averaging the %s weights of %d checkpoints: %s", "EMA" if args.ema else "trained", len(paths),
+                ", ".join(paths))
+    try:
+        state = average_checkpoints(paths, ema=args.ema)
+    except ValueError as e:  # a user error: one line, no traceback
+        parser.exit(1, f"error: {e}\n")
     from fairseq import checkpoint_utils
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
