@@ -1,0 +1,2 @@
+. examples/synth/conf/tiny.sh
+optim_args+=(--weight-decay 0.01)
