@@ -47,7 +47,7 @@ only="cif hkd acd lrd"  # the systems to run (the table shows every system with 
 unit=word         # ASR units (prepare.sh / train.sh / decode.sh --unit): word since 2026-12-05, wordpiece before
 voices=wide       # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
 train_readings=2  # readings of each training sentence (prepare.sh --train-readings): 2 since 2026-12-06, as the demo; 1 before
-acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: README)
+acd_weight=0.05   # ACD weight of CIF + ACD and CIF + HKD (the recipe's, chosen on heldout: examples/synth/RESULTS.md)
 lrd_weight=0.01   # LRD weight of CIF + LRD and CIF + HKD
 
 . "$REPO/examples/common.sh"

@@ -33,7 +33,7 @@ unit=word       # ASR units (prepare.sh / train.sh / decode.sh --unit): word sin
 voices=wide     # training voices of the corpus (prepare.sh --voices): wide since 2026-12-05, narrow before
 train_readings=2  # readings of each training sentence by other training voices (prepare.sh --train-readings): 2 since
                   # 2026-12-06, 1 before (results/train-readings: heldout and dev WER lower for CIF and HKD)
-acd_weight=0.05 # HKD's ACD weight (train.sh's default, chosen on heldout; 0.2 before 2026-12-03, the paper's 1.0: README)
+acd_weight=0.05 # HKD's ACD weight (train.sh's default, chosen on heldout; 0.2 before 2026-12-03, the paper's 1.0: examples/synth/RESULTS.md)
 
 . "$REPO/examples/common.sh"
 parse_options "$@"  # --some-name VALUE sets some_name

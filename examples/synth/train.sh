@@ -17,7 +17,7 @@ log() { echo "[synth/train $(date +%H:%M:%S)] $*"; }
 data=$REPO/data/synth
 exp=$REPO/exp/synth/cif
 criterion=cif      # cif | cif_hkd
-acd_weight=0.05    # cif_hkd only; the paper's 1.0 (and 0.2) dominate this small model's encoder (README: chosen on heldout)
+acd_weight=0.05    # cif_hkd only; the paper's 1.0 (and 0.2) dominate this small model's encoder (examples/synth/RESULTS.md: chosen on heldout)
 lrd_weight=0.01    # cif_hkd only
 seed=1
 max_update=1300

@@ -47,7 +47,7 @@ hypothesis without ``</s>`` and ``log p_CTC`` the CTC head's sequence log-likeli
 alignments, blank = ``<s>``; the decoder's summed log-prob favours short hypotheses, CTC's does
 not). R = 0: the weights scaled to ``L_b``, no search; R = -1: the raw weights (the decoding before
 2026-12-03). ``ctc_weight`` (task option ``--cif-ctc-weight``, default 0.7; 0 for a model trained
-without the CTC loss: ``CifAsrTask.decoding_ctc_weight``) was chosen on heldout (README, "Decoding that chooses the CIF count";
+without the CTC loss: ``CifAsrTask.decoding_ctc_weight``) was chosen on heldout (examples/synth/RESULTS.md, "Decoding that chooses the CIF count";
 ``scripts/cif_count_choice.py``).
 
 Language-model shallow fusion (``--lm-path LM.pt --lm-weight W``): every chosen token also scores
