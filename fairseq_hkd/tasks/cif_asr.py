@@ -34,6 +34,7 @@ from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
 from fairseq_hkd.data.tempo import TempoConfig, tempo_batch
+from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, noise_bank
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
@@ -123,6 +124,13 @@ class CifAsrConfig(FairseqDataclass):
     )
     tempo_max: float = field(default=1.0, metadata={"help": "tempo perturbation: the largest factor (> 1 = faster)"})
     tempo_prob: float = field(default=1.0, metadata={"help": "tempo perturbation: probability per utterance"})
+    # additive noise (training updates only; data/noise.py) --------------------------------------
+    noise_prob: float = field(
+        default=0.0, metadata={"help": "noise augmentation: probability that a training utterance is heard through "
+                                       "white, pink or brown noise (0 = off; needs --cmvn global or none)"}
+    )
+    noise_snr_min: float = field(default=5.0, metadata={"help": "noise augmentation: the lowest SNR (dB, of mel energies)"})
+    noise_snr_max: float = field(default=20.0, metadata={"help": "noise augmentation: the highest SNR (dB)"})
     # time shift (training split only; data/time_shift.py) ---------------------------------------
     time_shift_max_ms: float = field(
         default=0.0, metadata={"help": "time-shift augmentation: drop U{0..N} ms at the start of each training "
@@ -275,6 +283,12 @@ class CifAsrTask(FairseqTask):
         tempo = TempoConfig(cfg.tempo_min, cfg.tempo_max, cfg.tempo_prob)
         tempo.check()
         self.tempo: Optional[TempoConfig] = tempo if tempo.enabled() else None
+        noise = NoiseConfig(cfg.noise_prob, cfg.noise_snr_min, cfg.noise_snr_max)
+        noise.check()
+        self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
+        if self.noise is not None and cfg.cmvn == "utterance":
+            raise ValueError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
+        self._noise_bank = None  # (bank, CMVN mean, CMVN std), built at the first noisy batch
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
         resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
@@ -470,13 +484,13 @@ class CifAsrTask(FairseqTask):
 
     def augment(self, sample, update_num: int):
         """``sample`` with sentence joins (``--join-prob``), tempo perturbation (``--tempo-min/max``), edge
-        silence (``--edge-silence-*``) and then SpecAugment applied to ``net_input.src_tokens`` [B, T, F] and
+        silence (``--edge-silence-*``), noise (``--noise-prob``) and then SpecAugment applied to ``net_input.src_tokens`` [B, T, F] and
         ``src_lengths`` (a new dict; the input is not modified). Utterance b's draws come from (seed,
         update_num, sample["id"][b]) and cover only its ``src_lengths[b]`` frames: they do not depend on
         batching, on the process (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ
         between updates. A batch's join draw comes from (seed, update_num, its first id); a joined row
         draws as its first utterance."""
-        if (self.specaugment is None and self.edge_silence is None and self.tempo is None
+        if (self.specaugment is None and self.edge_silence is None and self.tempo is None and self.noise is None
                 and not self.joins.enabled()) or not sample or "net_input" not in sample:
             return sample
         if self._silence_bank is None and (self.edge_silence is not None or self.joins.enabled()):
@@ -494,6 +508,13 @@ class CifAsrTask(FairseqTask):
         if self.edge_silence is not None:
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
+        if self.noise is not None:
+            if self._noise_bank is None:
+                cmvn = self._build_cmvn()  # undone and redone around the addition: global or none
+                self._noise_bank = noise_bank(), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+            bank, mean, std = self._noise_bank
+            seeds = [(self.cfg.seed, int(update_num), i, 4) for i in ids]
+            src = add_noise_batch(src, lengths, bank, self.noise, seeds, mean, std)
         if self.specaugment is not None:
             seeds = [(self.cfg.seed, int(update_num), i) for i in ids]
             src = spec_augment_batch(src, lengths, self.specaugment, seeds)

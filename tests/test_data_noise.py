@@ -1,0 +1,100 @@
+"""Noise augmentation on log-mel frames (data/noise.py) against the fbank of the noisy waveform, the
+SNR measured on the result's own pause frames, and the batch and task plumbing."""
+import numpy as np
+import pytest
+import torch
+
+from corpus import random_padded_batch, setup_task
+from fairseq_hkd.data.audio import SAMPLE_RATE
+from fairseq_hkd.data.fbank import fbank
+from fairseq_hkd.data.noise import (COLOURS, NoiseConfig, add_noise, add_noise_batch, draw_noise, noise_bank,
+                                    noise_waveform, speech_power)
+
+
+def _voiced(seconds=2.0, pause=(0.8, 1.2)) -> np.ndarray:
+    """A speech-like float64 waveform: harmonics of a gliding 120-180 Hz pitch under a syllable-rate
+    envelope, digital silence in ``pause`` (seconds)."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 120 + 60 * t / seconds
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    x = sum(np.sin(k * phase) / k for k in range(1, 25)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    x[(t >= pause[0]) & (t < pause[1])] = 0.0
+    return 0.1 * x / np.abs(x).max()
+
+
+@pytest.mark.parametrize("colour", range(len(COLOURS)))
+def test_addition_in_mel_energies_matches_the_fbank_of_the_noisy_waveform(colour):
+    """log(exp(F) + exp(N)) against fbank(x + n): the cross term averages out over each mel band."""
+    x = _voiced()
+    n = 0.01 * noise_waveform(COLOURS[colour], len(x), np.random.default_rng(1))
+    F, N = torch.from_numpy(fbank(x.astype(np.float32))), torch.from_numpy(fbank(n.astype(np.float32)))
+    truth = torch.from_numpy(fbank((x + n).astype(np.float32))).double()
+    approx = torch.logaddexp(F.double(), N.double())
+    err = (approx - truth).abs().mean().item()
+    effect = (F.double() - truth).abs().mean().item()
+    assert effect > 1.0, effect  # the noise changes the features a lot ...
+    assert err < 0.15 * effect and err < 0.3, (err, effect)  # ... and the addition gets it
+
+
+@pytest.mark.parametrize("snr", [0.0, 10.0, 20.0])
+def test_snr_is_measured_on_the_result(snr):
+    """Speech power over the noise power found in the result's pause frames (noise alone there)."""
+    x = _voiced()
+    F = torch.from_numpy(fbank(x.astype(np.float32)))
+    bank = torch.from_numpy(noise_bank(seconds=4.0))
+    noise_power = bank.double().exp().sum(dim=2).mean(dim=1)
+    for c in range(len(COLOURS)):
+        noisy = add_noise(F, bank[c, : F.shape[0]], snr, noise_power[c])
+        pause = slice(int(0.85 * 100), int(1.15 * 100))  # frames entirely inside the silent stretch
+        noise_there = noisy[pause].double().exp().sum(dim=1).mean()
+        measured = 10 * np.log10(float(speech_power(F) / noise_there))
+        assert abs(measured - snr) < 1.0, (c, measured)
+
+
+def test_batch_draws_per_utterance_and_keeps_padding():
+    rng = np.random.default_rng(0)
+    src, lengths = random_padded_batch([50, 30, 41], 80, rng)
+    mean, std = rng.normal(10, 2, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32)
+    bank = noise_bank(seconds=1.0)
+    cfg = NoiseConfig(prob=1.0, snr_min=5, snr_max=15)
+    seeds = [(1, 7, i, 4) for i in range(3)]
+    out = add_noise_batch(src, lengths, bank, cfg, seeds, mean, std)
+    # padding untouched, every utterance changed
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(out[b, n:], src[b, n:])
+        assert not torch.allclose(out[b, :n], src[b, :n])
+    # each row is add_noise of its own draw, on the raw frames (the order of the batch does not matter)
+    perm = [2, 0, 1]
+    out_perm = add_noise_batch(src[perm], lengths[perm], bank, cfg, [seeds[p] for p in perm], mean, std)
+    for j, p in enumerate(perm):
+        torch.testing.assert_close(out_perm[j], out[p])
+    b, n = 1, int(lengths[1])
+    colour, start, snr = draw_noise(cfg, len(COLOURS), n, bank.shape[1], np.random.default_rng(list(seeds[b])))
+    raw = src[b, :n].double() * torch.from_numpy(std).double() + torch.from_numpy(mean).double()
+    noise = torch.from_numpy(bank[colour]).double()[(start + np.arange(n)) % bank.shape[1]]
+    p_noise = torch.from_numpy(bank[colour]).double().exp().sum(dim=1).mean()
+    gain = speech_power(raw) / (p_noise * 10 ** (snr / 10))
+    expected = (np.logaddexp(raw.numpy(), (noise + gain.log()).numpy()) - mean) / std
+    np.testing.assert_allclose(out[b, :n].numpy(), expected, rtol=1e-5, atol=1e-4)
+    # probability 0 changes nothing
+    assert torch.equal(add_noise_batch(src, lengths, bank, NoiseConfig(prob=0.0), seeds, mean, std), src)
+
+
+def test_task_option_errors_and_training_only(tiny_corpus):
+    with pytest.raises(ValueError, match="--noise-prob"):
+        setup_task(tiny_corpus, "--noise-prob", "1.5")
+    with pytest.raises(ValueError, match="swap them"):
+        setup_task(tiny_corpus, "--noise-prob", "0.5", "--noise-snr-min", "20", "--noise-snr-max", "5")
+    with pytest.raises(ValueError, match="--noise-prob needs frame-wise normalisation"):
+        setup_task(tiny_corpus, "--noise-prob", "0.5", "--cmvn", "utterance")
+    assert setup_task(tiny_corpus).noise is None
+    task = setup_task(tiny_corpus, "--spec-aug-prob", "0", "--noise-prob", "1", "--cmvn", "none")
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    s = ds.collater([ds[i] for i in range(min(4, len(ds)))])
+    a, b = task.augment(s, 3), task.augment(s, 3)
+    assert torch.equal(a["net_input"]["src_tokens"], b["net_input"]["src_tokens"])  # seeded
+    assert not torch.equal(a["net_input"]["src_tokens"], s["net_input"]["src_tokens"])
+    assert not torch.equal(task.augment(s, 4)["net_input"]["src_tokens"], a["net_input"]["src_tokens"])
+    assert torch.equal(a["net_input"]["src_lengths"], s["net_input"]["src_lengths"])
+    assert torch.equal(a["target"], s["target"])
