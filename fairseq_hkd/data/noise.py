@@ -72,6 +72,11 @@ def noise_bank(seed: int = 0, seconds: float = BANK_SECONDS) -> np.ndarray:
     return np.stack([fbank((0.1 * noise_waveform(beta, n, rng)).astype(np.float32)) for beta in COLOURS])
 
 
+def bank_power(bank: np.ndarray) -> torch.Tensor:
+    """float64 [C]: each colour's mean total mel energy per frame over the bank [C, N, F]."""
+    return torch.from_numpy(bank).double().exp().sum(dim=2).mean(dim=1)
+
+
 def speech_power(feats: torch.Tensor) -> torch.Tensor:
     """Mean total mel energy of the frames of ``feats`` [T, F] (raw log-mel) within ``ACTIVE_DB`` of the loudest."""
     power = feats.double().exp().sum(dim=1)  # [T]
@@ -98,15 +103,16 @@ def add_noise(feats: torch.Tensor, noise: torch.Tensor, snr_db: float, noise_pow
 
 def add_noise_batch(src: torch.Tensor, lengths: torch.Tensor, bank: np.ndarray, cfg: NoiseConfig,
                     seeds: Sequence[Sequence[int]], mean: Optional[np.ndarray] = None,
-                    std: Optional[np.ndarray] = None) -> torch.Tensor:
+                    std: Optional[np.ndarray] = None, noise_power: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A new batch [B, T, F]: utterance b (its ``lengths[b]`` frames of ``src``, normalised as
     (raw - mean) / std, or raw when ``mean`` is None) with noise drawn by ``draw_noise`` from
-    ``np.random.default_rng(seeds[b])``, normalised again; batch padding stays as it was."""
+    ``np.random.default_rng(seeds[b])``, normalised again; batch padding stays as it was.
+    ``noise_power``: ``bank_power(bank)``, computed here when not given."""
     B, T, F = src.shape
     C, N, _ = bank.shape
     out = src.clone()
     noise = torch.from_numpy(bank)
-    noise_power = noise.double().exp().sum(dim=2).mean(dim=1)  # [C]
+    noise_power = bank_power(bank) if noise_power is None else noise_power  # [C]
     m = torch.zeros(F) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
     s = torch.ones(F) if std is None else torch.as_tensor(std, dtype=torch.float32)
     for b in range(B):

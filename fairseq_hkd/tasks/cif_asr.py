@@ -34,7 +34,7 @@ from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
 from fairseq_hkd.data.tempo import TempoConfig, tempo_batch
-from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, noise_bank
+from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, bank_power, noise_bank
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
@@ -288,7 +288,7 @@ class CifAsrTask(FairseqTask):
         self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
         if self.noise is not None and cfg.cmvn == "utterance":
             raise ValueError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
-        self._noise_bank = None  # (bank, CMVN mean, CMVN std), built at the first noisy batch
+        self._noise_bank = None  # (bank, its power, CMVN mean, CMVN std), built at the first noisy batch
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
         resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
@@ -511,10 +511,11 @@ class CifAsrTask(FairseqTask):
         if self.noise is not None:
             if self._noise_bank is None:
                 cmvn = self._build_cmvn()  # undone and redone around the addition: global or none
-                self._noise_bank = noise_bank(), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
-            bank, mean, std = self._noise_bank
+                bank = noise_bank()
+                self._noise_bank = bank, bank_power(bank), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+            bank, power, mean, std = self._noise_bank
             seeds = [(self.cfg.seed, int(update_num), i, 4) for i in ids]
-            src = add_noise_batch(src, lengths, bank, self.noise, seeds, mean, std)
+            src = add_noise_batch(src, lengths, bank, self.noise, seeds, mean, std, power)
         if self.specaugment is not None:
             seeds = [(self.cfg.seed, int(update_num), i) for i in ids]
             src = spec_augment_batch(src, lengths, self.specaugment, seeds)
