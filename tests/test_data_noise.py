@@ -69,7 +69,7 @@ def test_batch_draws_per_utterance_and_keeps_padding():
     for j, p in enumerate(perm):
         torch.testing.assert_close(out_perm[j], out[p])
     b, n = 1, int(lengths[1])
-    colour, start, snr = draw_noise(cfg, len(COLOURS), n, bank.shape[1], np.random.default_rng(list(seeds[b])))
+    colour, start, snr = draw_noise(cfg, len(COLOURS), bank.shape[1], np.random.default_rng(list(seeds[b])))
     raw = src[b, :n].double() * torch.from_numpy(std).double() + torch.from_numpy(mean).double()
     noise = torch.from_numpy(bank[colour]).double()[(start + np.arange(n)) % bank.shape[1]]
     p_noise = torch.from_numpy(bank[colour]).double().exp().sum(dim=1).mean()

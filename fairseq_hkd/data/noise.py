@@ -84,7 +84,7 @@ def speech_power(feats: torch.Tensor) -> torch.Tensor:
     return power[active].mean()
 
 
-def draw_noise(cfg: NoiseConfig, colours: int, frames: int, bank_frames: int,
+def draw_noise(cfg: NoiseConfig, colours: int, bank_frames: int,
                rng: np.random.Generator) -> Optional[Tuple[int, int, float]]:
     """(colour index, first bank frame, SNR dB) of one utterance, or None (probability 1 - prob)."""
     if rng.random() >= cfg.prob:
@@ -117,7 +117,7 @@ def add_noise_batch(src: torch.Tensor, lengths: torch.Tensor, bank: np.ndarray, 
     s = torch.ones(F) if std is None else torch.as_tensor(std, dtype=torch.float32)
     for b in range(B):
         n = int(lengths[b])
-        draw = draw_noise(cfg, C, n, N, np.random.default_rng(list(seeds[b])))
+        draw = draw_noise(cfg, C, N, np.random.default_rng(list(seeds[b])))
         if draw is None or n == 0:
             continue
         colour, start, snr = draw
