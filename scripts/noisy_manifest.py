@@ -67,14 +67,18 @@ def main(argv=None) -> None:
         m.write("\t".join(header) + "\n")
         for i, (row, path) in enumerate(tqdm(list(zip(rows, paths)), desc=f"{args.noise} {args.snr:g} dB",
                                              unit="file")):
-            x, sr = sf.read(path, dtype="float64", always_2d=True)
+            try:
+                x, sr = sf.read(path, dtype="float64", always_2d=True)
+            except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+                sys.exit(f"error: {args.manifest}:{i + 2}: cannot read {path} ({e}); fix or drop that row")
             x = x.mean(axis=1)
             rng = np.random.default_rng((args.seed, i))
             if args.noise == "babble":
                 noise = babble(paths, i, len(x), rng)
             else:
                 noise = noise_waveform(COLOURS[args.noise], len(x), rng)
-            noise *= np.sqrt(speech_power(x) / 10 ** (args.snr / 10) / np.mean(noise ** 2))
+            power = np.mean(noise ** 2)
+            noise *= np.sqrt(speech_power(x) / 10 ** (args.snr / 10) / power) if power > 0 else 0.0  # silent: none
             y = x + noise
             peak = np.abs(y).max()
             if peak > 0.99:

@@ -140,3 +140,12 @@ def test_noisy_manifest_script_mixes_at_the_asked_snr(tmp_path, noise):
         noise_power = np.mean((y - x) ** 2)  # peak 0.5 + noise at 10 dB stays below clipping: not rescaled
         measured = 10 * np.log10(script.speech_power(x) / noise_power)
         assert abs(measured - 10.0) < 0.2, measured  # 16-bit rounding and the peak-relative activity mask
+
+
+def test_noisy_manifest_script_names_an_unreadable_row(tmp_path, capsys):
+    script = _load_script()
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    (tmp_path / "dev.tsv").write_text("id\taudio\tn_samples\ttgt_text\nu0\tbad.wav\t10\tword\n")
+    with pytest.raises(SystemExit, match=r"dev.tsv:2: cannot read .*bad.wav"):
+        script.main(["--manifest", str(tmp_path / "dev.tsv"), "--noise", "white", "--snr", "10",
+                     "--out", str(tmp_path / "out")])
