@@ -10,7 +10,8 @@ augmentation, which measures mel energies: fairseq_hkd/data/noise.py). Noises: `
 manifest summed, each from a random offset, looped to length (speech that training never mixes in).
 Utterance i draws from ``numpy.random.default_rng((seed, i))``, so a copy is the same every time. Writes
 OUT/ID.wav (16-bit PCM at the recording's rate, scaled down only if it would clip) and OUT/NAME.tsv with
-the manifest's columns and the new paths (absolute).
+the manifest's columns and the new paths (absolute). The manifest is read as training reads it
+(fairseq_hkd/data/manifest.py): a bad row stops with one line naming it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from fairseq_hkd.data.manifest import ManifestError, read_manifest, write_manifest
 from fairseq_hkd.data.noise import noise_waveform
 
 COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
@@ -46,49 +48,48 @@ def babble(paths, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest", required=True, help="TSV with a header: id, audio, n_samples, tgt_text, ...")
+    p.add_argument("--manifest", required=True, help="a manifest: id, audio, n_samples, tgt_text[, speaker]")
     p.add_argument("--noise", required=True, choices=[*COLOURS, "babble"])
     p.add_argument("--snr", type=float, required=True, help="dB, speech samples over noise")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    with open(args.manifest, encoding="utf-8") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    header, rows = rows[0], rows[1:]
-    if header[:2] != ["id", "audio"]:
-        sys.exit(f"error: {args.manifest}:1: a header starting 'id<TAB>audio' is expected, got {header[:2]}")
-    root = os.path.dirname(os.path.abspath(args.manifest))
-    paths = [r[1] if os.path.isabs(r[1]) else os.path.join(root, r[1]) for r in rows]
+    try:
+        entries = read_manifest(args.manifest)
+    except (ManifestError, FileNotFoundError) as e:  # names file:line and the fix
+        sys.exit(f"error: {e}")
+    paths = [e.audio for e in entries]
     os.makedirs(args.out, exist_ok=True)
     out_tsv = os.path.join(args.out, os.path.basename(args.manifest))
-    scaled = 0
-    with open(out_tsv, "w", encoding="utf-8") as m:
-        m.write("\t".join(header) + "\n")
-        for i, (row, path) in enumerate(tqdm(list(zip(rows, paths)), desc=f"{args.noise} {args.snr:g} dB",
-                                             unit="file")):
-            try:
-                x, sr = sf.read(path, dtype="float64", always_2d=True)
-            except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
-                sys.exit(f"error: {args.manifest}:{i + 2}: cannot read {path} ({e}); fix or drop that row")
-            x = x.mean(axis=1)
-            rng = np.random.default_rng((args.seed, i))
-            if args.noise == "babble":
-                noise = babble(paths, i, len(x), rng)
-            else:
-                noise = noise_waveform(COLOURS[args.noise], len(x), rng)
-            power = np.mean(noise ** 2)
-            noise *= np.sqrt(speech_power(x) / 10 ** (args.snr / 10) / power) if power > 0 else 0.0  # silent: none
-            y = x + noise
-            peak = np.abs(y).max()
-            if peak > 0.99:
-                y *= 0.99 / peak
-                scaled += 1
-            dst = os.path.abspath(os.path.join(args.out, f"{row[0]}.wav"))
-            sf.write(dst, y.astype(np.float32), sr, subtype="PCM_16")
-            m.write("\t".join([row[0], dst, *row[2:]]) + "\n")
+    rows, scaled = [], 0
+    for i, entry in enumerate(tqdm(entries, desc=f"{args.noise} {args.snr:g} dB", unit="file")):
+        try:
+            x, sr = sf.read(entry.audio, dtype="float64", always_2d=True)
+        except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+            sys.exit(f"error: {entry.where}: cannot read {entry.audio} ({e}); fix or drop that row")
+        x = x.mean(axis=1)
+        rng = np.random.default_rng((args.seed, i))
+        if args.noise == "babble":
+            noise = babble(paths, i, len(x), rng)
+        else:
+            noise = noise_waveform(COLOURS[args.noise], len(x), rng)
+        power = np.mean(noise ** 2)
+        noise *= np.sqrt(speech_power(x) / 10 ** (args.snr / 10) / power) if power > 0 else 0.0  # silent: none
+        y = x + noise
+        peak = np.abs(y).max()
+        if peak > 0.99:
+            y *= 0.99 / peak
+            scaled += 1
+        dst = os.path.abspath(os.path.join(args.out, f"{entry.id}.wav"))
+        sf.write(dst, y.astype(np.float32), sr, subtype="PCM_16")
+        rows.append({"id": entry.id, "audio": dst, "n_samples": entry.n_samples, "tgt_text": entry.tgt_text,
+                     "speaker": entry.speaker, "sample_rate": entry.sample_rate})
+    write_manifest(out_tsv, rows, with_speaker=any(e.speaker is not None for e in entries),
+                   with_sample_rate=any(e.sample_rate is not None for e in entries))
     print(f"wrote {len(rows)} noisy recordings ({args.noise}, {args.snr:g} dB SNR; {scaled} scaled down to avoid "
           f"clipping) and {out_tsv}")
+
 
 
 if __name__ == "__main__":
