@@ -30,7 +30,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from fairseq_hkd.criterions import guards, losses
+from fairseq_hkd.criterions import ctc_align, guards, losses
 
 __all__ = ["CifCriterion", "CifCriterionConfig"]
 
@@ -43,6 +43,15 @@ class CifCriterionConfig(FairseqDataclass):
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the decoder cross-entropy"})
     ctc_weight: float = field(default=0.5, metadata={"help": "weight of the CTC loss on the encoder (0 = off)"})
     quantity_weight: float = field(default=1.0, metadata={"help": "weight of the CIF quantity loss"})
+    segment_count_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the segment count loss (criterions/ctc_align.py): the CIF weights between "
+                          "two labels of the CTC head's best path must carry 1 +- --segment-count-slack units "
+                          "(0 = off)"})
+    segment_count_slack: float = field(default=0.5, metadata={"help": "allowed distance of an inner segment's "
+                                                                      "weights from one unit"})
+    segment_count_start: int = field(default=0, metadata={"help": "first update of the segment count loss "
+                                                                  "(the CTC head's alignments are noise at first)"})
     nonfinite_loss: ChoiceEnum(["error", "skip"]) = field(
         default="error",
         metadata={"help": "a NaN/inf loss term: stop with an error naming the term and utterances, or skip the "
@@ -67,7 +76,7 @@ class CifCriterion(FairseqCriterion):
 
     def __init__(self, cfg: CifCriterionConfig, task):
         super().__init__(task)
-        for name in ("ce_weight", "ctc_weight", "quantity_weight"):
+        for name in ("ce_weight", "ctc_weight", "quantity_weight", "segment_count_weight"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -78,6 +87,13 @@ class CifCriterion(FairseqCriterion):
         self.blank_idx = task.target_dictionary.bos()
         self.eos_idx = task.target_dictionary.eos()
         self.weights: Dict[str, float] = {"ce": cfg.ce_weight, "ctc": cfg.ctc_weight, "quantity": cfg.quantity_weight}
+        if cfg.segment_count_weight > 0:
+            self.weights["segment"] = cfg.segment_count_weight
+        self.num_updates = 0
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Called by the task's train_step (the segment count loss starts at --segment-count-start)."""
+        self.num_updates = num_updates
 
     # 0. checkpoints ---------------------------------------------------------------------------
     def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
@@ -125,6 +141,13 @@ class CifCriterion(FairseqCriterion):
         cif = model.cif
         predicted = losses.predicted_token_counts(alpha.detach(), cif.threshold, cif.tail_threshold)
         stats["fire_correct"] = int((predicted == target_lengths.to(predicted)).sum())
+        if "segment" in self.weights and model.training and self.num_updates >= self.cfg.segment_count_start:
+            labels, label_lengths = losses.ctc_labels(target, self.padding_idx, self.eos_idx)
+            first, ok = ctc_align.ctc_first_frames(net_output["ctc_logits"], net_output["encoder_lengths"],
+                                                   labels, label_lengths, self.blank_idx)
+            terms["segment"], outside = ctc_align.segment_count_loss(
+                alpha, first, label_lengths, net_output["encoder_lengths"], ok, self.cfg.segment_count_slack)
+            stats["segments_outside"] = int(outside)
         # 1d. teacher-forced token errors (validation only)
         if not model.training:
             errors, total = losses.token_errors(net_output["decoder_logits"], target, self.padding_idx)
@@ -207,6 +230,8 @@ class CifCriterion(FairseqCriterion):
                 metrics.log_scalar_sum(f"_{key}", total(key))
         if any("fire_correct" in log for log in logging_outputs):
             metrics.log_derived("fire_acc", lambda m: _ratio(m, "_fire_correct", "_nsentences", 100))
+        if any("segments_outside" in log for log in logging_outputs):
+            metrics.log_scalar_sum("segments_outside", total("segments_outside"))
         if any("tf_total" in log for log in logging_outputs):
             metrics.log_derived("tf_ter", lambda m: _ratio(m, "_tf_errors", "_tf_total", 100))
         if any("ctc_infeasible" in log for log in logging_outputs):

@@ -13,6 +13,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 __all__ = [
     "label_smoothed_ce",
     "ctc_loss",
+    "ctc_labels",
     "ctc_required_frames",
     "quantity_loss",
     "predicted_token_counts",
@@ -41,6 +42,16 @@ def _ctc_targets(target: torch.Tensor, padding_idx: int, eos_idx: int):
     """[B, S] targets -> (flat labels without </s> and padding, [B] their lengths)."""
     keep = target.ne(padding_idx) & target.ne(eos_idx)
     return target[keep], keep.sum(dim=1)
+
+
+def ctc_labels(target: torch.Tensor, padding_idx: int, eos_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[B, S] targets -> ([B, U] labels without </s> and padding, left-aligned, padded with padding_idx;
+    [B] their lengths U_b)."""
+    keep = target.ne(padding_idx) & target.ne(eos_idx)
+    lengths = keep.sum(dim=1)
+    out = target.new_full((target.size(0), int(lengths.max()) if target.numel() else 0), padding_idx)
+    out[torch.arange(out.size(1), device=target.device)[None, :] < lengths[:, None]] = target[keep]
+    return out, lengths
 
 
 def ctc_required_frames(target: torch.Tensor, padding_idx: int, eos_idx: int) -> torch.Tensor:

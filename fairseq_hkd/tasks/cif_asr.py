@@ -453,6 +453,8 @@ class CifAsrTask(FairseqTask):
         sample = self.augment(sample, update_num)
         model.train()
         model.set_num_updates(update_num)
+        if hasattr(criterion, "set_num_updates"):
+            criterion.set_num_updates(update_num)
         with torch.autograd.profiler.record_function("forward"), self.training_autocast(model, optimizer):
             loss, sample_size, logging_output = criterion(model, sample)
         if ignore_grad:
