@@ -7,8 +7,8 @@ import torch
 from corpus import random_padded_batch, setup_task
 from fairseq_hkd.data.audio import SAMPLE_RATE
 from fairseq_hkd.data.fbank import fbank
-from fairseq_hkd.data.noise import (COLOURS, NoiseConfig, add_noise, add_noise_batch, draw_noise, noise_bank,
-                                    noise_waveform, speech_power)
+from fairseq_hkd.data.noise import (COLOURS, NoiseConfig, add_noise, add_noise_batch, bank_power, draw_noise,
+                                    noise_bank, noise_recordings, noise_waveform, speech_power)
 
 
 def _voiced(seconds=2.0, pause=(0.8, 1.2)) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_batch_draws_per_utterance_and_keeps_padding():
     for j, p in enumerate(perm):
         torch.testing.assert_close(out_perm[j], out[p])
     b, n = 1, int(lengths[1])
-    colour, start, snr = draw_noise(cfg, len(COLOURS), bank.shape[1], np.random.default_rng(list(seeds[b])))
+    colour, start, snr = draw_noise(cfg, [bank.shape[1]] * len(COLOURS), np.random.default_rng(list(seeds[b])))
     raw = src[b, :n].double() * torch.from_numpy(std).double() + torch.from_numpy(mean).double()
     noise = torch.from_numpy(bank[colour]).double()[(start + np.arange(n)) % bank.shape[1]]
     p_noise = torch.from_numpy(bank[colour]).double().exp().sum(dim=1).mean()
@@ -78,6 +78,105 @@ def test_batch_draws_per_utterance_and_keeps_padding():
     np.testing.assert_allclose(out[b, :n].numpy(), expected, rtol=1e-5, atol=1e-4)
     # probability 0 changes nothing
     assert torch.equal(add_noise_batch(src, lengths, bank, NoiseConfig(prob=0.0), seeds, mean, std), src)
+
+
+def _noise_folder(root):
+    """A --noise-dir: a 16 kHz hum + noise (1.5 s), an 8 kHz pink recording (2 s, resampled), one in a
+    sub-folder (1 s, stereo), and files to skip: unreadable, silent, 50 ms, not audio."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(5)
+    (root / "sub").mkdir(parents=True)
+    t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
+    hum = 0.05 * np.sin(2 * np.pi * 100 * t) + 0.01 * rng.standard_normal(t.size)
+    sf.write(root / "a_hum.wav", hum.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    sf.write(root / "b_pink8k.flac", (0.05 * noise_waveform(1.0, 16000, rng)).astype(np.float32), 8000)
+    stereo = 0.03 * rng.standard_normal((SAMPLE_RATE, 2))
+    sf.write(root / "sub" / "c_stereo.wav", stereo.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    (root / "d_broken.wav").write_bytes(b"RIFF not really")
+    sf.write(root / "e_silent.wav", np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    sf.write(root / "f_short.wav", (0.1 * rng.standard_normal(800)).astype(np.float32), SAMPLE_RATE)
+    (root / "README.txt").write_text("noise for the tests")
+    return hum, stereo
+
+
+def test_noise_recordings_bank_reads_resamples_and_skips_with_a_summary(tmp_path, caplog):
+    from fairseq_hkd.data.audio import read_audio
+
+    hum, stereo = _noise_folder(tmp_path / "noise")
+    with caplog.at_level("INFO"):
+        bank = noise_recordings(str(tmp_path / "noise"))
+    # the three usable recordings, in path order, each the fbank of the file as the task reads audio
+    assert [b.shape[0] for b in bank] == [148, 198, 98]
+    np.testing.assert_allclose(bank[0], fbank(hum.astype(np.float32)), rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(bank[1], fbank(read_audio(str(tmp_path / "noise" / "b_pink8k.flac"))))
+    np.testing.assert_allclose(bank[2], fbank(stereo.astype(np.float32).mean(axis=1)), rtol=0, atol=1e-3)
+    summary = [r.getMessage() for r in caplog.records if "recordings," in r.getMessage()]
+    assert len(summary) == 1
+    for part in ("3 recordings", "1 unreadable", "1 silent", "1 shorter than 0.1 s", "1 files that are not audio"):
+        assert part in summary[0], summary[0]
+    # power per recording, from its own frames
+    torch.testing.assert_close(bank_power(bank)[1], torch.from_numpy(bank[1]).double().exp().sum(1).mean())
+    # a cap on the length is used and said
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        capped = noise_recordings(str(tmp_path / "noise"), max_seconds=1.2)
+    assert [b.shape[0] for b in capped] == [118, 118, 98]
+    assert any("2 longer than 1.2 s, their first 1.2 s used" in r.getMessage() for r in caplog.records)
+
+
+def test_noise_recordings_errors_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"--noise-dir .*missing: no such folder"):
+        noise_recordings(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"0 recordings.*1 files that are not audio ignored: no usable noise"):
+        noise_recordings(str(tmp_path / "empty"))
+
+
+def test_batch_with_recorded_noise_uses_each_recording_cyclically(tmp_path):
+    """Entries of different lengths: row b is add_noise of its own draw from its own recording, the
+    frames taken cyclically from the drawn start; the colours' bank draws the same (a [C, N, F] array
+    and a list of C arrays are the same bank)."""
+    _noise_folder(tmp_path / "noise")
+    bank = noise_recordings(str(tmp_path / "noise"))
+    rng = np.random.default_rng(3)
+    src, lengths = random_padded_batch([250, 120, 60, 300], 80, rng)
+    cfg = NoiseConfig(prob=1.0, snr_min=0, snr_max=10)
+    seeds = [(2, 9, i, 4) for i in range(4)]
+    out = add_noise_batch(src, lengths, bank, cfg, seeds)
+    power = bank_power(bank)
+    drawn = set()
+    for b, n in enumerate(lengths.tolist()):
+        k, start, snr = draw_noise(cfg, [x.shape[0] for x in bank], np.random.default_rng(list(seeds[b])))
+        drawn.add(k)
+        noise = torch.from_numpy(bank[k])[(start + np.arange(n)) % bank[k].shape[0]]
+        torch.testing.assert_close(out[b, :n], add_noise(src[b, :n], noise, snr, power[k]))
+    assert len(drawn) >= 2
+    colours = noise_bank(seconds=1.0)
+    torch.testing.assert_close(add_noise_batch(src, lengths, list(colours), cfg, seeds),
+                               add_noise_batch(src, lengths, colours, cfg, seeds))
+
+
+def test_task_reads_noise_dir_when_training_and_says_what_is_wrong(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="--noise-dir .* --noise-prob is 0"):
+        setup_task(tiny_corpus, "--noise-dir", str(tmp_path))
+    task = setup_task(tiny_corpus, "--noise-prob", "1", "--noise-dir", str(tmp_path / "missing"), "--cmvn", "none")
+    task.load_dataset("valid")  # not a training split: the bank is not needed
+    with pytest.raises(ValueError, match="no such folder"):
+        task.load_dataset("train")  # before the first update
+    _noise_folder(tmp_path / "noise")
+    task = setup_task(tiny_corpus, "--spec-aug-prob", "0", "--noise-prob", "1", "--noise-dir",
+                      str(tmp_path / "noise"), "--cmvn", "none")
+    task.load_dataset("train")
+    bank = task.noise_bank()[0]
+    assert len(bank) == 3
+    ds = task.dataset("train")
+    s = ds.collater([ds[i] for i in range(min(4, len(ds)))])
+    a = task.augment(s, 3)
+    src, lengths = s["net_input"]["src_tokens"], s["net_input"]["src_lengths"]
+    want = add_noise_batch(src, lengths, bank, task.noise, [(task.cfg.seed, 3, int(i), 4) for i in s["id"]])
+    torch.testing.assert_close(a["net_input"]["src_tokens"], want)
 
 
 def test_task_option_errors_and_training_only(tiny_corpus):

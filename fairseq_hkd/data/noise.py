@@ -15,6 +15,13 @@ log(exp(F) + g exp(N)) (``tests/test_data_noise.py`` compares it with the fbank 
 SNR: the speech power is the mean total mel energy of the utterance's frames within 30 dB of its
 loudest (pauses do not count), the noise power the colour's mean over the bank; g sets their ratio.
 
+Recorded noise: ``--noise-dir DIR`` replaces the three colours by the recordings under DIR (any format
+and rate libsndfile reads: MUSAN's ``noise`` folder, recordings of the rooms a model will hear), each an
+entry of the bank (``noise_recordings``): an utterance takes one recording, uniformly, from a random
+frame, cyclically, at an SNR against that recording's mean mel energy. Unreadable, empty or silent files
+are skipped, counted and logged; recordings longer than ``max_seconds`` contribute their first
+``max_seconds`` (counted and logged); a folder with no usable recording is an error.
+
 The ``cif_asr`` task applies it to collated training batches after sentence joins, tempo and edge
 silence, before SpecAugment (never to validation or decoding), on the raw log-mel frames: the batch's
 global CMVN is undone and redone, so it needs ``--cmvn global`` or ``none``. Utterance b draws from
@@ -23,18 +30,23 @@ resumption.
 """
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from fairseq_hkd.data.audio import SAMPLE_RATE
+from fairseq_hkd.data.audio import SAMPLE_RATE, AudioError, read_audio
 from fairseq_hkd.data.fbank import fbank
+
+logger = logging.getLogger(__name__)
 
 COLOURS = (0.0, 1.0, 2.0)  # beta of the power spectrum 1 / f^beta: white, pink, brown
 BANK_SECONDS = 30.0
 ACTIVE_DB = 30.0  # frames within this many dB of the loudest count as speech for the SNR
+MIN_NOISE_FRAMES = 10  # a recording shorter than 0.1 s is no noise bank entry
 
 
 @dataclass
@@ -72,9 +84,55 @@ def noise_bank(seed: int = 0, seconds: float = BANK_SECONDS) -> np.ndarray:
     return np.stack([fbank((0.1 * noise_waveform(beta, n, rng)).astype(np.float32)) for beta in COLOURS])
 
 
-def bank_power(bank: np.ndarray) -> torch.Tensor:
-    """float64 [C]: each colour's mean total mel energy per frame over the bank [C, N, F]."""
-    return torch.from_numpy(bank).double().exp().sum(dim=2).mean(dim=1)
+def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]:
+    """Raw fbank frames of every usable recording under ``folder`` (recursively, sorted by path), each
+    float32 [N_i, 80]: the bank of ``--noise-dir``. Files that are not audio by their extension are
+    ignored; unreadable, empty, shorter than 0.1 s or silent ones are skipped and counted, recordings
+    longer than ``max_seconds`` cut to their first ``max_seconds``; one summary line is logged.
+    Raises ValueError (one line) when the folder is missing or holds no usable recording."""
+    import soundfile as sf
+
+    if not os.path.isdir(folder):
+        raise ValueError(f"--noise-dir {folder}: no such folder (a folder of noise recordings is expected)")
+    extensions = {"." + ext.lower() for ext in sf.available_formats()} | {".oga", ".opus", ".aif"}
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+    audio = [p for p in paths if os.path.splitext(p)[1].lower() in extensions]
+    bank, skipped, cut, seconds = [], {}, 0, 0.0
+    limit = int(max_seconds * SAMPLE_RATE)
+    for path in audio:
+        try:
+            x = read_audio(path)
+        except AudioError as e:
+            skipped.setdefault("unreadable", []).append(path)
+            logger.warning(f"--noise-dir: skipped {e}")
+            continue
+        if x.shape[0] > limit:
+            x, cut = x[:limit], cut + 1
+        reason = ("silent" if not np.any(x) else None)
+        feats = fbank(x) if reason is None else None
+        if reason is None and feats.shape[0] < MIN_NOISE_FRAMES:
+            reason = "shorter than 0.1 s"
+        if reason is not None:
+            skipped.setdefault(reason, []).append(path)
+            continue
+        bank.append(feats)
+        seconds += x.shape[0] / SAMPLE_RATE
+    skips = "; ".join(f"{len(v)} {k} (first: {v[0]})" for k, v in skipped.items())
+    summary = (f"--noise-dir {folder}: {len(bank)} recordings, {seconds / 60:.1f} min"
+               + (f"; {cut} longer than {max_seconds:g} s, their first {max_seconds:g} s used" if cut else "")
+               + (f"; skipped {skips}" if skips else "")
+               + (f"; {len(paths) - len(audio)} files that are not audio ignored" if len(paths) > len(audio) else ""))
+    if not bank:
+        raise ValueError(summary + ": no usable noise recording (wav, flac, ... of at least 0.1 s, not silent)")
+    logger.info(summary)
+    return bank
+
+
+def bank_power(bank: Sequence[np.ndarray]) -> torch.Tensor:
+    """float64 [C]: each entry's mean total mel energy per frame; ``bank``: [C, N, F] or C arrays [N_c, F]."""
+    if isinstance(bank, np.ndarray):
+        return torch.from_numpy(bank).double().exp().sum(dim=2).mean(dim=1)
+    return torch.stack([torch.from_numpy(np.asarray(b)).double().exp().sum(dim=1).mean() for b in bank])
 
 
 def speech_power(feats: torch.Tensor) -> torch.Tensor:
@@ -84,13 +142,14 @@ def speech_power(feats: torch.Tensor) -> torch.Tensor:
     return power[active].mean()
 
 
-def draw_noise(cfg: NoiseConfig, colours: int, bank_frames: int,
+def draw_noise(cfg: NoiseConfig, frames: Sequence[int],
                rng: np.random.Generator) -> Optional[Tuple[int, int, float]]:
-    """(colour index, first bank frame, SNR dB) of one utterance, or None (probability 1 - prob)."""
+    """(bank entry, its first frame, SNR dB) of one utterance, or None (probability 1 - prob);
+    ``frames``: each bank entry's number of frames."""
     if rng.random() >= cfg.prob:
         return None
-    colour = int(rng.integers(colours))
-    start = int(rng.integers(bank_frames))
+    colour = int(rng.integers(len(frames)))
+    start = int(rng.integers(frames[colour]))
     snr = float(rng.uniform(cfg.snr_min, cfg.snr_max))
     return colour, start, snr
 
@@ -101,28 +160,29 @@ def add_noise(feats: torch.Tensor, noise: torch.Tensor, snr_db: float, noise_pow
     return torch.logaddexp(feats.double(), noise.double() + gain.log()).to(feats.dtype)
 
 
-def add_noise_batch(src: torch.Tensor, lengths: torch.Tensor, bank: np.ndarray, cfg: NoiseConfig,
+def add_noise_batch(src: torch.Tensor, lengths: torch.Tensor, bank: Sequence[np.ndarray], cfg: NoiseConfig,
                     seeds: Sequence[Sequence[int]], mean: Optional[np.ndarray] = None,
                     std: Optional[np.ndarray] = None, noise_power: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A new batch [B, T, F]: utterance b (its ``lengths[b]`` frames of ``src``, normalised as
     (raw - mean) / std, or raw when ``mean`` is None) with noise drawn by ``draw_noise`` from
     ``np.random.default_rng(seeds[b])``, normalised again; batch padding stays as it was.
+    ``bank``: raw fbank frames, [C, N, F] (``noise_bank``) or C arrays [N_c, F] (``noise_recordings``).
     ``noise_power``: ``bank_power(bank)``, computed here when not given."""
     B, T, F = src.shape
-    C, N, _ = bank.shape
     out = src.clone()
-    noise = torch.from_numpy(bank)
+    noise = [torch.from_numpy(np.asarray(b)) for b in bank]
+    frames = [n.shape[0] for n in noise]
     noise_power = bank_power(bank) if noise_power is None else noise_power  # [C]
     m = torch.zeros(F) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
     s = torch.ones(F) if std is None else torch.as_tensor(std, dtype=torch.float32)
     for b in range(B):
         n = int(lengths[b])
-        draw = draw_noise(cfg, C, N, np.random.default_rng(list(seeds[b])))
+        draw = draw_noise(cfg, frames, np.random.default_rng(list(seeds[b])))
         if draw is None or n == 0:
             continue
         colour, start, snr = draw
-        idx = (start + torch.arange(n)) % N
+        idx = (start + torch.arange(n)) % frames[colour]
         raw = src[b, :n].float().cpu() * s + m
-        noisy = add_noise(raw, noise[colour, idx], snr, noise_power[colour])
+        noisy = add_noise(raw, noise[colour][idx], snr, noise_power[colour])
         out[b, :n] = ((noisy - m) / s).to(device=src.device, dtype=src.dtype)
     return out

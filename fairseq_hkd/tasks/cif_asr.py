@@ -34,7 +34,7 @@ from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
 from fairseq_hkd.data.tempo import TempoConfig, tempo_batch
-from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, bank_power, noise_bank
+from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, bank_power, noise_bank, noise_recordings
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
@@ -127,10 +127,20 @@ class CifAsrConfig(FairseqDataclass):
     # additive noise (training updates only; data/noise.py) --------------------------------------
     noise_prob: float = field(
         default=0.0, metadata={"help": "noise augmentation: probability that a training utterance is heard through "
-                                       "white, pink or brown noise (0 = off; needs --cmvn global or none)"}
+                                       "white, pink or brown noise, or one of the --noise-dir recordings (0 = off; needs --cmvn global "
+                                       "or none)"}
     )
     noise_snr_min: float = field(default=5.0, metadata={"help": "noise augmentation: the lowest SNR (dB, of mel energies)"})
     noise_snr_max: float = field(default=20.0, metadata={"help": "noise augmentation: the highest SNR (dB)"})
+    noise_dir: Optional[str] = field(
+        default=None, metadata={"help": "noise augmentation: a folder of noise recordings (any format and rate "
+                                        "libsndfile reads; e.g. MUSAN's noise/) heard instead of the synthetic "
+                                        "colours, one per noisy utterance (data/noise.py)"}
+    )
+    noise_max_seconds: float = field(
+        default=60.0, metadata={"help": "noise augmentation: the first N seconds of each --noise-dir recording "
+                                        "are used (the bank is held in memory: 60 s of fbank frames = 1.9 MB)"}
+    )
     # time shift (training split only; data/time_shift.py) ---------------------------------------
     time_shift_max_ms: float = field(
         default=0.0, metadata={"help": "time-shift augmentation: drop U{0..N} ms at the start of each training "
@@ -288,6 +298,9 @@ class CifAsrTask(FairseqTask):
         self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
         if self.noise is not None and cfg.cmvn == "utterance":
             raise ValueError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
+        if cfg.noise_dir and self.noise is None:
+            raise ValueError(f"--noise-dir {cfg.noise_dir} is set but --noise-prob is 0: give the probability that "
+                             "a training utterance is heard through noise (e.g. --noise-prob 0.3)")
         self._noise_bank = None  # (bank, its power, CMVN mean, CMVN std), built at the first noisy batch
         if cfg.time_shift_max_ms < 0:
             raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
@@ -326,8 +339,20 @@ class CifAsrTask(FairseqTask):
         return split in self.cfg.train_subset.split(",")
 
     # data ----------------------------------------------------------------------------------------
+    def noise_bank(self):
+        """(bank, its power, CMVN mean, CMVN std) of the noise augmentation, built once: the recordings of
+        --noise-dir, else the synthetic colours (data/noise.py)."""
+        if self._noise_bank is None:
+            cmvn = self._build_cmvn()  # undone and redone around the addition: global or none
+            bank = (noise_recordings(self.cfg.noise_dir, self.cfg.noise_max_seconds) if self.cfg.noise_dir
+                    else noise_bank())
+            self._noise_bank = bank, bank_power(bank), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+        return self._noise_bank
+
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         cfg = self.cfg
+        if self.noise is not None and cfg.noise_dir and self.is_training_split(split):
+            self.noise_bank()  # a bad --noise-dir stops training before the first update, not at it
         manifest = os.path.join(cfg.data, f"{split}.tsv")
         use_store = cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split)
         shift = cfg.time_shift_max_ms > 0 and self.is_training_split(split)
@@ -511,11 +536,7 @@ class CifAsrTask(FairseqTask):
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
         if self.noise is not None:
-            if self._noise_bank is None:
-                cmvn = self._build_cmvn()  # undone and redone around the addition: global or none
-                bank = noise_bank()
-                self._noise_bank = bank, bank_power(bank), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
-            bank, power, mean, std = self._noise_bank
+            bank, power, mean, std = self.noise_bank()
             seeds = [(self.cfg.seed, int(update_num), i, 4) for i in ids]
             src = add_noise_batch(src, lengths, bank, self.noise, seeds, mean, std, power)
         if self.specaugment is not None:
