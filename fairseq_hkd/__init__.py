@@ -25,3 +25,6 @@ def _training_stack_installed() -> bool:
 if _training_stack_installed():
     from fairseq_hkd import compat  # noqa: F401  (shims first)
     from fairseq_hkd import tasks, models, criterions  # noqa: F401
+    from fairseq_hkd.errors import install_excepthook
+
+    install_excepthook()  # fairseq-train & co.: bad input is one line, not a traceback (errors.py)

@@ -248,3 +248,35 @@ def test_noisy_manifest_script_names_an_unreadable_row(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"dev.tsv:2: cannot read .*bad.wav"):
         script.main(["--manifest", str(tmp_path / "dev.tsv"), "--noise", "white", "--snr", "10",
                      "--out", str(tmp_path / "out")])
+
+
+def test_fairseq_train_shows_bad_input_as_one_line(tiny_corpus, tmp_path, venv_bin, repo_root):
+    """A real fairseq-train: a missing --noise-dir and a broken manifest line each stop it before the first
+    update with ``error: <message>`` (errors.py's hook), no traceback; FAIRSEQ_HKD_TRACEBACK=1 shows it."""
+    import os
+    import shutil
+    import subprocess
+
+    def train(data, *extra, **env):
+        cmd = [str(venv_bin / "fairseq-train"), str(data), "--user-dir", "fairseq_hkd", "--task", "cif_asr",
+               "--arch", "cif_tiny", "--criterion", "cif", "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1",
+               "--batch-size", "2", "--cpu", "--num-workers", "0", "--save-dir", str(tmp_path / "ckpt"),
+               "--cmvn", "none", *extra]
+        return subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+
+    proc = train(tiny_corpus, "--noise-prob", "0.5", "--noise-dir", str(tmp_path / "no-noise-here"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-noise-here: no such folder" in errors[0]
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    lines = (data / "train.tsv").read_text().splitlines()
+    lines[3] = "\t".join(lines[3].split("\t")[:2])  # a row without n_samples and text
+    (data / "train.tsv").write_text("\n".join(lines) + "\n")
+    proc = train(data)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.tsv:4" in errors[0], errors
+    proc = train(data, FAIRSEQ_HKD_TRACEBACK="1")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "train.tsv:4" in proc.stderr

@@ -15,12 +15,14 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from fairseq_hkd.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """A problem with one utterance's audio; the message names the manifest line."""
 
 

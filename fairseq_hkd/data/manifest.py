@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from fairseq_hkd.errors import UserError
+
 REQUIRED_COLUMNS = ("id", "audio", "n_samples", "tgt_text")
 OPTIONAL_COLUMNS = ("speaker", "sample_rate")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A problem with one manifest line; the message names file:line."""
 
 

@@ -40,6 +40,7 @@ import torch
 
 from fairseq_hkd.data.audio import SAMPLE_RATE, AudioError, read_audio
 from fairseq_hkd.data.fbank import fbank
+from fairseq_hkd.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ class NoiseConfig:
 
     def check(self) -> None:
         if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"--noise-prob {self.prob}: a probability in [0, 1] is expected")
+            raise UserError(f"--noise-prob {self.prob}: a probability in [0, 1] is expected")
         if self.snr_min > self.snr_max:
-            raise ValueError(f"--noise-snr-min {self.snr_min} > --noise-snr-max {self.snr_max}: swap them")
+            raise UserError(f"--noise-snr-min {self.snr_min} > --noise-snr-max {self.snr_max}: swap them")
 
 
 def noise_waveform(beta: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +94,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
     import soundfile as sf
 
     if not os.path.isdir(folder):
-        raise ValueError(f"--noise-dir {folder}: no such folder (a folder of noise recordings is expected)")
+        raise UserError(f"--noise-dir {folder}: no such folder (a folder of noise recordings is expected)")
     extensions = {"." + ext.lower() for ext in sf.available_formats()} | {".oga", ".opus", ".aif"}
     paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
     audio = [p for p in paths if os.path.splitext(p)[1].lower() in extensions]
@@ -123,7 +124,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
                + (f"; skipped {skips}" if skips else "")
                + (f"; {len(paths) - len(audio)} files that are not audio ignored" if len(paths) > len(audio) else ""))
     if not bank:
-        raise ValueError(summary + ": no usable noise recording (wav, flac, ... of at least 0.1 s, not silent)")
+        raise UserError(summary + ": no usable noise recording (wav, flac, ... of at least 0.1 s, not silent)")
     logger.info(summary)
     return bank
 

@@ -40,6 +40,7 @@ from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.data.specaugment import SpecAugmentConfig, spec_augment_batch
 from fairseq_hkd.data.units import UNIT_TYPES, Units, UnitsDecoder
+from fairseq_hkd.errors import UserError, UserFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -281,15 +282,15 @@ class CifAsrTask(FairseqTask):
                                  cfg.edge_silence_prob)
         self.edge_silence: Optional[EdgeSilenceConfig] = edge if edge.enabled() else None
         if self.edge_silence is not None and cfg.cmvn == "utterance":
-            raise ValueError("--edge-silence-max-{start,end}-ms need frame-wise normalisation: use --cmvn global "
+            raise UserError("--edge-silence-max-{start,end}-ms need frame-wise normalisation: use --cmvn global "
                              "(fairseq-hkd-cmvn writes DATA/cmvn.npz) or --cmvn none")
         if self.edge_silence is not None and max(edge.max_start, edge.max_end) > EDGE_SILENCE_MAX_FRAMES:
-            raise ValueError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
+            raise UserError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
         self._silence_bank: Optional[np.ndarray] = None  # built at the first padded or joined batch
         self.joins = JoinConfig(cfg.join_prob, cfg.join_min_gap_ms // 10, cfg.join_max_gap_ms // 10)
         self.joins.check(EDGE_SILENCE_MAX_FRAMES)
         if self.joins.enabled() and cfg.cmvn == "utterance":
-            raise ValueError("--join-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
+            raise UserError("--join-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
         tempo = TempoConfig(cfg.tempo_min, cfg.tempo_max, cfg.tempo_prob)
         tempo.check()
         self.tempo: Optional[TempoConfig] = tempo if tempo.enabled() else None
@@ -297,22 +298,22 @@ class CifAsrTask(FairseqTask):
         noise.check()
         self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
         if self.noise is not None and cfg.cmvn == "utterance":
-            raise ValueError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
+            raise UserError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
         if cfg.noise_dir and self.noise is None:
-            raise ValueError(f"--noise-dir {cfg.noise_dir} is set but --noise-prob is 0: give the probability that "
+            raise UserError(f"--noise-dir {cfg.noise_dir} is set but --noise-prob is 0: give the probability that "
                              "a training utterance is heard through noise (e.g. --noise-prob 0.3)")
         self._noise_bank = None  # (bank, its power, CMVN mean, CMVN std), built at the first noisy batch
         if cfg.time_shift_max_ms < 0:
-            raise ValueError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
+            raise UserError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
         resolve_target(cfg.input_level, "utterance")  # a bad --input-level fails here, in one line
 
     @classmethod
     def setup_task(cls, cfg: CifAsrConfig, **kwargs):
         if not cfg.data or not os.path.isdir(cfg.data):
-            raise FileNotFoundError(f"data directory {cfg.data!r} not found (first positional argument of fairseq-train)")
+            raise UserFileNotFoundError(f"data directory {cfg.data!r} not found (first positional argument of fairseq-train)")
         dict_path = cfg.dict_path or os.path.join(cfg.data, "dict.txt")
         if not os.path.isfile(dict_path):
-            raise FileNotFoundError(f"dictionary {dict_path} not found: build it with fairseq-hkd-build-dict")
+            raise UserFileNotFoundError(f"dictionary {dict_path} not found: build it with fairseq-hkd-build-dict")
         tgt_dict = Dictionary.load(dict_path)
         assert tgt_dict.bos() == 0 and tgt_dict.pad() == 1 and tgt_dict.eos() == 2 and tgt_dict.unk() == 3
         units = Units(cfg.unit, dict_path=dict_path, tokenizer_dir=cfg.tokenizer_dir, spm_model=cfg.spm_model,
@@ -357,7 +358,7 @@ class CifAsrTask(FairseqTask):
         use_store = cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split)
         shift = cfg.time_shift_max_ms > 0 and self.is_training_split(split)
         if shift and use_store:
-            raise ValueError(f"--time-shift-max-ms needs the waveforms, but {split} would read the feature store "
+            raise UserError(f"--time-shift-max-ms needs the waveforms, but {split} would read the feature store "
                              f"{cfg.data}/{split}.fbank.*: add --feature-store no")
         entries = read_manifest(manifest, check_audio_exists=not use_store)  # the store replaces the audio
         targets = encode_targets(entries, self.units, self.tgt_dict, cfg.max_unk_ratio)
@@ -365,7 +366,7 @@ class CifAsrTask(FairseqTask):
             features = StoredFeatures(FeatureStore(cfg.data, split, manifest))
             logger.info(f"{split}: features from the feature store")
         elif cfg.feature_store == "yes":
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
                 f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
             )
@@ -413,7 +414,7 @@ class CifAsrTask(FairseqTask):
         store = teacher_store.open_teacher_store(teacher_dir, split)
         if store is None:
             if self.cfg.load_teacher == "yes":
-                raise FileNotFoundError(
+                raise UserFileNotFoundError(
                     f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
                     f"run fairseq-hkd-extract-teacher for it"
                 )
@@ -464,7 +465,7 @@ class CifAsrTask(FairseqTask):
                    f"{int(cannot_fire.sum())} targets longer than the encoder output (CIF fires at most once "
                    f"per encoder frame)); first: {first.where} ({first.id})")
             if not ignore_invalid_inputs:
-                raise ValueError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length, "
+                raise UserError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length, "
                                        "use coarser units or less subsampling for targets longer than the encoder "
                                        "output, or pass --skip-invalid-size-inputs-valid-test")
             logger.warning(msg + "; skipped")
@@ -503,7 +504,7 @@ class CifAsrTask(FairseqTask):
             native = cpu_has_native_bf16() if device == "cpu" else device == "cuda" and torch.cuda.is_bf16_supported()
             self._use_bf16 = mode == "yes" or (mode == "auto" and device == "cpu" and native)
             if mode == "yes" and device == "cuda" and not native:
-                raise ValueError("--autocast-bf16 yes: this GPU does not support bf16; train with --fp16 or --amp")
+                raise UserError("--autocast-bf16 yes: this GPU does not support bf16; train with --fp16 or --amp")
             if mode != "no":
                 logger.info(f"training forward passes under bf16 autocast: {'on' if self._use_bf16 else 'off'} "
                             f"(--autocast-bf16 {mode} on {device}, native bf16: {native})")
