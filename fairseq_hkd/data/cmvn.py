@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from fairseq_hkd.data.fbank import NUM_MEL_BINS
+from fairseq_hkd.errors import UserError, UserFileNotFoundError
 
 CMVN_TYPES = ("global", "utterance", "none")
 
@@ -27,7 +28,7 @@ class GlobalCmvn:
 
     def __init__(self, path: str):
         if not Path(path).is_file():
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"global CMVN stats {path} not found: run `fairseq-hkd-cmvn DATA_DIR --split train` "
                 "or use --cmvn utterance"
             )
@@ -38,7 +39,7 @@ class GlobalCmvn:
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         if feats.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"CMVN stats {self.path} have dim {self.mean.shape[0]}, features have {feats.shape[1]}")
+            raise UserError(f"CMVN stats {self.path} have dim {self.mean.shape[0]}, features have {feats.shape[1]}")
         return (feats - self.mean) / self.std
 
 
@@ -72,4 +73,4 @@ def build_cmvn(kind: str, stats_path: Optional[str] = None):
         return utterance_cmvn
     if kind == "none":
         return lambda x: x
-    raise ValueError(f"unknown --cmvn {kind!r}: choose one of {', '.join(CMVN_TYPES)}")
+    raise UserError(f"unknown --cmvn {kind!r}: choose one of {', '.join(CMVN_TYPES)}")

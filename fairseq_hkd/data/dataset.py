@@ -15,6 +15,7 @@ from fairseq_hkd.data.fbank import fbank, num_frames
 from fairseq_hkd.data.feature_store import FeatureStore
 from fairseq_hkd.data.manifest import ManifestEntry, ManifestError
 from fairseq_hkd.data.units import Units
+from fairseq_hkd.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class CifAsrDataset(FairseqDataset):
             for b, s in enumerate(samples):
                 t = s["teacher"]
                 if t.size(0) != target_lengths[b]:
-                    raise ValueError(
+                    raise UserError(
                         f"teacher states of {sample['utt_id'][b]!r} have {t.size(0)} positions, target has "
                         f"{int(target_lengths[b])}; rebuild the teacher store with fairseq-hkd-extract-teacher"
                     )

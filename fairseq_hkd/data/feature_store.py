@@ -22,6 +22,7 @@ from fairseq_hkd.data.audio import COUNTERS, SAMPLE_RATE, read_audio
 from fairseq_hkd.data.fbank import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, fbank
 from fairseq_hkd.data.manifest import read_manifest
 from fairseq_hkd.data.units import file_sha1
+from fairseq_hkd.errors import UserError
 
 STORE_SUFFIX_BIN = ".fbank.bin"
 STORE_SUFFIX_INDEX = ".fbank.index.json"
@@ -47,7 +48,7 @@ class FeatureStore:
             index = json.load(f)
         self.meta = index["meta"]
         if manifest is not None and self.meta["manifest_sha1"] != file_sha1(manifest):
-            raise ValueError(
+            raise UserError(
                 f"feature store {index_path} was built from another version of {manifest}; "
                 f"rebuild it: fairseq-hkd-feature-store {data_dir} --splits {split}"
             )

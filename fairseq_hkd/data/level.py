@@ -27,6 +27,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from fairseq_hkd.errors import UserError
+
 NATS_PER_DB = math.log(10.0) / 10.0  # log-mel (power) change of a 1 dB gain
 QUANTILE = 90.0  # speech level: this percentile of the frame levels
 CMVN_OFFSET = 6.0  # nats from the mean training frame to the 90th-percentile frame level (synthesized corpus)
@@ -67,7 +69,7 @@ def resolve_target(setting: Union[str, float, None], cmvn_type: str,
         try:
             return float(setting)
         except ValueError:
-            raise ValueError(f"input level {setting!r}: give {LEVEL_SETTINGS}") from None
+            raise UserError(f"input level {setting!r}: give {LEVEL_SETTINGS}") from None
     if cmvn_type != "global" or cmvn_mean is None:
         return None  # utterance CMVN is gain-invariant; without statistics there is no reference
     return float(np.mean(np.asarray(cmvn_mean, dtype=np.float64))) + CMVN_OFFSET
@@ -84,7 +86,7 @@ def model_level(setting: Union[str, float, None], trained_with: Union[str, float
     if tolerance_db is None:
         tolerance_db = TOLERANCE_DB
     if tolerance_db < 0:
-        raise ValueError(f"input level tolerance must be >= 0 dB, got {tolerance_db:g}")
+        raise UserError(f"input level tolerance must be >= 0 dB, got {tolerance_db:g}")
     return resolve_target(setting, cmvn_type, cmvn_mean), float(tolerance_db)
 
 

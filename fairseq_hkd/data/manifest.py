@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from fairseq_hkd.errors import UserError
+from fairseq_hkd.errors import UserError, UserFileNotFoundError
 
 REQUIRED_COLUMNS = ("id", "audio", "n_samples", "tgt_text")
 OPTIONAL_COLUMNS = ("speaker", "sample_rate")
@@ -63,7 +63,7 @@ def read_manifest(path: str | os.PathLike, check_audio_exists: bool = True) -> L
     empty transcript, missing audio file (when ``check_audio_exists``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} not found (expected a TSV with columns {', '.join(REQUIRED_COLUMNS)})")
+        raise UserFileNotFoundError(f"manifest {path} not found (expected a TSV with columns {', '.join(REQUIRED_COLUMNS)})")
     root = path.parent
     entries: List[ManifestEntry] = []
     seen = {}

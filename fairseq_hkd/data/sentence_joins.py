@@ -25,6 +25,8 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
+from fairseq_hkd.errors import UserError
+
 
 @dataclass
 class JoinConfig:
@@ -37,9 +39,9 @@ class JoinConfig:
 
     def check(self, bank_frames: int) -> None:
         if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"--join-prob must be in [0, 1], got {self.prob:g}")
+            raise UserError(f"--join-prob must be in [0, 1], got {self.prob:g}")
         if not 0 <= self.min_gap <= self.max_gap <= bank_frames:
-            raise ValueError(f"--join-min-gap-ms {self.min_gap * 10} / --join-max-gap-ms {self.max_gap * 10}: "
+            raise UserError(f"--join-min-gap-ms {self.min_gap * 10} / --join-max-gap-ms {self.max_gap * 10}: "
                              f"need 0 <= min <= max <= {bank_frames * 10} ms")
 
 

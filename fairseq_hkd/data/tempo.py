@@ -31,6 +31,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from fairseq_hkd.errors import UserError
+
 
 @dataclass
 class TempoConfig:
@@ -43,10 +45,10 @@ class TempoConfig:
 
     def check(self) -> None:
         if not 0 < self.min_factor <= self.max_factor:
-            raise ValueError(f"--tempo-min and --tempo-max must satisfy 0 < min <= max "
+            raise UserError(f"--tempo-min and --tempo-max must satisfy 0 < min <= max "
                              f"(got {self.min_factor:g}, {self.max_factor:g}); 1 1 = off, e.g. 0.9 1.1")
         if not 0 <= self.prob <= 1:
-            raise ValueError(f"--tempo-prob must be in [0, 1], got {self.prob:g}")
+            raise UserError(f"--tempo-prob must be in [0, 1], got {self.prob:g}")
 
     def frame_scale(self) -> float:
         """The most an utterance can grow: batching counts ``n * frame_scale`` frames."""

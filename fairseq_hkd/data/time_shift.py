@@ -26,6 +26,7 @@ import numpy as np
 from fairseq_hkd.data.audio import SAMPLE_RATE
 from fairseq_hkd.data.fbank import fbank
 from fairseq_hkd.data.manifest import ManifestEntry
+from fairseq_hkd.errors import UserError
 
 
 def shift_samples(max_samples: int, seed: int, epoch: int, utt_id: str) -> int:
@@ -42,7 +43,7 @@ class TimeShiftedFeatures:
 
     def __init__(self, audio_features, max_ms: float, seed: int):
         if max_ms < 0:
-            raise ValueError(f"--time-shift-max-ms must be >= 0, got {max_ms}")
+            raise UserError(f"--time-shift-max-ms must be >= 0, got {max_ms}")
         self.audio = audio_features
         self.max_samples = int(round(max_ms * SAMPLE_RATE / 1000))
         self.seed = int(seed)

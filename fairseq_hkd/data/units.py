@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_hkd.data.wordpiece_join import join_wordpieces
+from fairseq_hkd.errors import UserError
 
 UNIT_TYPES = ("char", "wordpiece", "word", "spm")
 PLM_NORMALISED = ("wordpiece", "word")  # units that see the text through the PLM tokenizer's normaliser
@@ -67,7 +68,7 @@ def decode_units(unit: str, symbols: Sequence[str]) -> str:
     elif unit == "spm":
         text = "".join(symbols).replace(SPM_WORD_START, " ")
     else:
-        raise ValueError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
+        raise UserError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
     return " ".join(text.split())
 
 
@@ -93,7 +94,7 @@ class Units:
     ):
         unit = str(unit)  # fairseq passes a ChoiceEnum member
         if unit not in UNIT_TYPES:
-            raise ValueError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
+            raise UserError(f"unknown unit {unit!r}: choose one of {', '.join(UNIT_TYPES)}")
         self.unit = unit
         self.dict_path = dict_path
         self.tokenizer_dir = tokenizer_dir
@@ -103,7 +104,7 @@ class Units:
         self._sp = None
         if unit in PLM_NORMALISED:
             if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
-                raise ValueError(
+                raise UserError(
                     f"--unit {unit} needs --tokenizer-dir pointing to a local PLM tokenizer "
                     f"directory (got {tokenizer_dir!r})"
                 )
@@ -112,7 +113,7 @@ class Units:
             self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         elif unit == "spm":
             if not spm_model or not Path(spm_model).is_file():
-                raise ValueError(f"--unit spm needs --spm-model pointing to a .model file (got {spm_model!r})")
+                raise UserError(f"--unit spm needs --spm-model pointing to a .model file (got {spm_model!r})")
             import sentencepiece as spm
 
             self._sp = spm.SentencePieceProcessor(model_file=str(spm_model))
