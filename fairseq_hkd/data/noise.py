@@ -92,6 +92,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
     longer than ``max_seconds`` cut to their first ``max_seconds``; one summary line is logged.
     Raises ValueError (one line) when the folder is missing or holds no usable recording."""
     import soundfile as sf
+    from tqdm import tqdm
 
     if not os.path.isdir(folder):
         raise UserError(f"--noise-dir {folder}: no such folder (a folder of noise recordings is expected)")
@@ -100,7 +101,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
     audio = [p for p in paths if os.path.splitext(p)[1].lower() in extensions]
     bank, skipped, cut, seconds = [], {}, 0, 0.0
     limit = int(max_seconds * SAMPLE_RATE)
-    for path in audio:
+    for path in tqdm(audio, desc=f"noise bank {folder}", unit="file", disable=None):  # no bar when not a terminal
         try:
             x = read_audio(path)
         except AudioError as e:
