@@ -90,7 +90,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
     float32 [N_i, 80]: the bank of ``--noise-dir``. Files that are not audio by their extension are
     ignored; unreadable, empty, shorter than 0.1 s or silent ones are skipped and counted, recordings
     longer than ``max_seconds`` cut to their first ``max_seconds``; one summary line is logged.
-    Raises ValueError (one line) when the folder is missing or holds no usable recording."""
+    Raises UserError (one line) when the folder is missing or holds no usable recording."""
     import soundfile as sf
     from tqdm import tqdm
 
@@ -110,7 +110,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
             continue
         if x.shape[0] > limit:
             x, cut = x[:limit], cut + 1
-        reason = ("silent" if not np.any(x) else None)
+        reason = "silent" if not np.any(x) else None
         feats = fbank(x) if reason is None else None
         if reason is None and feats.shape[0] < MIN_NOISE_FRAMES:
             reason = "shorter than 0.1 s"

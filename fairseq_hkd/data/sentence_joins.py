@@ -42,7 +42,7 @@ class JoinConfig:
             raise UserError(f"--join-prob must be in [0, 1], got {self.prob:g}")
         if not 0 <= self.min_gap <= self.max_gap <= bank_frames:
             raise UserError(f"--join-min-gap-ms {self.min_gap * 10} / --join-max-gap-ms {self.max_gap * 10}: "
-                             f"need 0 <= min <= max <= {bank_frames * 10} ms")
+                            f"need 0 <= min <= max <= {bank_frames * 10} ms")
 
 
 def join_batch(sample: Dict, bank: np.ndarray, cfg: JoinConfig, seed: Sequence[int], eos: int, pad: int) -> Dict:

@@ -46,7 +46,7 @@ class TempoConfig:
     def check(self) -> None:
         if not 0 < self.min_factor <= self.max_factor:
             raise UserError(f"--tempo-min and --tempo-max must satisfy 0 < min <= max "
-                             f"(got {self.min_factor:g}, {self.max_factor:g}); 1 1 = off, e.g. 0.9 1.1")
+                            f"(got {self.min_factor:g}, {self.max_factor:g}); 1 1 = off, e.g. 0.9 1.1")
         if not 0 <= self.prob <= 1:
             raise UserError(f"--tempo-prob must be in [0, 1], got {self.prob:g}")
 

@@ -128,8 +128,8 @@ class CifAsrConfig(FairseqDataclass):
     # additive noise (training updates only; data/noise.py) --------------------------------------
     noise_prob: float = field(
         default=0.0, metadata={"help": "noise augmentation: probability that a training utterance is heard through "
-                                       "white, pink or brown noise, or one of the --noise-dir recordings (0 = off; needs --cmvn global "
-                                       "or none)"}
+                                       "white, pink or brown noise, or one of the --noise-dir recordings (0 = off; "
+                                       "needs --cmvn global or none)"}
     )
     noise_snr_min: float = field(default=5.0, metadata={"help": "noise augmentation: the lowest SNR (dB, of mel energies)"})
     noise_snr_max: float = field(default=20.0, metadata={"help": "noise augmentation: the highest SNR (dB)"})
@@ -283,7 +283,7 @@ class CifAsrTask(FairseqTask):
         self.edge_silence: Optional[EdgeSilenceConfig] = edge if edge.enabled() else None
         if self.edge_silence is not None and cfg.cmvn == "utterance":
             raise UserError("--edge-silence-max-{start,end}-ms need frame-wise normalisation: use --cmvn global "
-                             "(fairseq-hkd-cmvn writes DATA/cmvn.npz) or --cmvn none")
+                            "(fairseq-hkd-cmvn writes DATA/cmvn.npz) or --cmvn none")
         if self.edge_silence is not None and max(edge.max_start, edge.max_end) > EDGE_SILENCE_MAX_FRAMES:
             raise UserError(f"--edge-silence-max-{{start,end}}-ms: at most {EDGE_SILENCE_MAX_FRAMES * 10} ms")
         self._silence_bank: Optional[np.ndarray] = None  # built at the first padded or joined batch
@@ -301,7 +301,7 @@ class CifAsrTask(FairseqTask):
             raise UserError("--noise-prob needs frame-wise normalisation: use --cmvn global or --cmvn none")
         if cfg.noise_dir and self.noise is None:
             raise UserError(f"--noise-dir {cfg.noise_dir} is set but --noise-prob is 0: give the probability that "
-                             "a training utterance is heard through noise (e.g. --noise-prob 0.3)")
+                            "a training utterance is heard through noise (e.g. --noise-prob 0.3)")
         self._noise_bank = None  # (bank, its power, CMVN mean, CMVN std), built at the first noisy batch
         if cfg.time_shift_max_ms < 0:
             raise UserError(f"--time-shift-max-ms must be >= 0 (0 = off), got {cfg.time_shift_max_ms:g}")
@@ -359,7 +359,7 @@ class CifAsrTask(FairseqTask):
         shift = cfg.time_shift_max_ms > 0 and self.is_training_split(split)
         if shift and use_store:
             raise UserError(f"--time-shift-max-ms needs the waveforms, but {split} would read the feature store "
-                             f"{cfg.data}/{split}.fbank.*: add --feature-store no")
+                            f"{cfg.data}/{split}.fbank.*: add --feature-store no")
         entries = read_manifest(manifest, check_audio_exists=not use_store)  # the store replaces the audio
         targets = encode_targets(entries, self.units, self.tgt_dict, cfg.max_unk_ratio)
         if use_store:
@@ -367,8 +367,8 @@ class CifAsrTask(FairseqTask):
             logger.info(f"{split}: features from the feature store")
         elif cfg.feature_store == "yes":
             raise UserFileNotFoundError(
-                f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
-                f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
+                                        f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
+                                        f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
             )
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
@@ -415,8 +415,8 @@ class CifAsrTask(FairseqTask):
         if store is None:
             if self.cfg.load_teacher == "yes":
                 raise UserFileNotFoundError(
-                    f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
-                    f"run fairseq-hkd-extract-teacher for it"
+                                            f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
+                                            f"run fairseq-hkd-extract-teacher for it"
                 )
             return None
         identity = getattr(teacher_store, "teacher_identity", lambda fp: None)(store.fingerprint)
@@ -466,8 +466,8 @@ class CifAsrTask(FairseqTask):
                    f"per encoder frame)); first: {first.where} ({first.id})")
             if not ignore_invalid_inputs:
                 raise UserError(msg + "; adjust --max-source-frames/--min-source-frames/--max-target-length, "
-                                       "use coarser units or less subsampling for targets longer than the encoder "
-                                       "output, or pass --skip-invalid-size-inputs-valid-test")
+                                "use coarser units or less subsampling for targets longer than the encoder "
+                                "output, or pass --skip-invalid-size-inputs-valid-test")
             logger.warning(msg + "; skipped")
         return indices[~bad]
 
