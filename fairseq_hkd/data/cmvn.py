@@ -29,8 +29,8 @@ class GlobalCmvn:
     def __init__(self, path: str):
         if not Path(path).is_file():
             raise UserFileNotFoundError(
-                                        f"global CMVN stats {path} not found: run `fairseq-hkd-cmvn DATA_DIR --split train` "
-                                        "or use --cmvn utterance"
+                f"global CMVN stats {path} not found: run `fairseq-hkd-cmvn DATA_DIR --split train` "
+                "or use --cmvn utterance"
             )
         stats = np.load(path)
         self.path = path

@@ -224,8 +224,8 @@ class CifAsrDataset(FairseqDataset):
                 t = s["teacher"]
                 if t.size(0) != target_lengths[b]:
                     raise UserError(
-                                    f"teacher states of {sample['utt_id'][b]!r} have {t.size(0)} positions, target has "
-                                    f"{int(target_lengths[b])}; rebuild the teacher store with fairseq-hkd-extract-teacher"
+                        f"teacher states of {sample['utt_id'][b]!r} have {t.size(0)} positions, target has "
+                        f"{int(target_lengths[b])}; rebuild the teacher store with fairseq-hkd-extract-teacher"
                     )
                 teacher[b, : t.size(0)] = t
             sample["teacher_states"] = teacher

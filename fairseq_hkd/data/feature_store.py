@@ -49,8 +49,8 @@ class FeatureStore:
         self.meta = index["meta"]
         if manifest is not None and self.meta["manifest_sha1"] != file_sha1(manifest):
             raise UserError(
-                            f"feature store {index_path} was built from another version of {manifest}; "
-                            f"rebuild it: fairseq-hkd-feature-store {data_dir} --splits {split}"
+                f"feature store {index_path} was built from another version of {manifest}; "
+                f"rebuild it: fairseq-hkd-feature-store {data_dir} --splits {split}"
             )
         frames = np.asarray(index["frames"], dtype=np.int64)
         self.offsets = dict(zip(index["ids"], zip(index["offsets"], frames.tolist())))

@@ -105,8 +105,8 @@ class Units:
         if unit in PLM_NORMALISED:
             if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
                 raise UserError(
-                                f"--unit {unit} needs --tokenizer-dir pointing to a local PLM tokenizer "
-                                f"directory (got {tokenizer_dir!r})"
+                    f"--unit {unit} needs --tokenizer-dir pointing to a local PLM tokenizer "
+                    f"directory (got {tokenizer_dir!r})"
                 )
             from transformers import AutoTokenizer
 

@@ -367,8 +367,8 @@ class CifAsrTask(FairseqTask):
             logger.info(f"{split}: features from the feature store")
         elif cfg.feature_store == "yes":
             raise UserFileNotFoundError(
-                                        f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
-                                        f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
+                f"--feature-store yes but {split}.fbank.* is missing in {cfg.data}: "
+                f"run fairseq-hkd-feature-store {cfg.data} --splits {split}"
             )
         else:
             features = AudioFeatures(cfg.strict_sample_rate, cfg.multichannel)
@@ -415,8 +415,8 @@ class CifAsrTask(FairseqTask):
         if store is None:
             if self.cfg.load_teacher == "yes":
                 raise UserFileNotFoundError(
-                                            f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
-                                            f"run fairseq-hkd-extract-teacher for it"
+                    f"--load-teacher yes but {teacher_dir} has no teacher store for split {split!r}: "
+                    f"run fairseq-hkd-extract-teacher for it"
                 )
             return None
         identity = getattr(teacher_store, "teacher_identity", lambda fp: None)(store.fingerprint)
