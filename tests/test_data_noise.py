@@ -169,7 +169,7 @@ def test_task_reads_noise_dir_when_training_and_says_what_is_wrong(tiny_corpus, 
     task = setup_task(tiny_corpus, "--spec-aug-prob", "0", "--noise-prob", "1", "--noise-dir",
                       str(tmp_path / "noise"), "--cmvn", "none")
     task.load_dataset("train")
-    bank = task.noise_bank()[0]
+    bank = task.noise_augmentation_bank()[0]
     assert len(bank) == 3
     ds = task.dataset("train")
     s = ds.collater([ds[i] for i in range(min(4, len(ds)))])

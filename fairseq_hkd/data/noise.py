@@ -110,12 +110,12 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
             continue
         if x.shape[0] > limit:
             x, cut = x[:limit], cut + 1
-        reason = "silent" if not np.any(x) else None
-        feats = fbank(x) if reason is None else None
-        if reason is None and feats.shape[0] < MIN_NOISE_FRAMES:
-            reason = "shorter than 0.1 s"
-        if reason is not None:
-            skipped.setdefault(reason, []).append(path)
+        if not np.any(x):
+            skipped.setdefault("silent", []).append(path)
+            continue
+        feats = fbank(x)
+        if feats.shape[0] < MIN_NOISE_FRAMES:
+            skipped.setdefault("shorter than 0.1 s", []).append(path)
             continue
         bank.append(feats)
         seconds += x.shape[0] / SAMPLE_RATE
@@ -132,7 +132,7 @@ def noise_recordings(folder: str, max_seconds: float = 60.0) -> List[np.ndarray]
 
 def bank_power(bank: Sequence[np.ndarray]) -> torch.Tensor:
     """float64 [C]: each entry's mean total mel energy per frame; ``bank``: [C, N, F] or C arrays [N_c, F]."""
-    if isinstance(bank, np.ndarray):
+    if isinstance(bank, np.ndarray):  # the colours' bank: reduced as before --noise-dir, so runs stay bit-exact
         return torch.from_numpy(bank).double().exp().sum(dim=2).mean(dim=1)
     return torch.stack([torch.from_numpy(np.asarray(b)).double().exp().sum(dim=1).mean() for b in bank])
 

@@ -340,7 +340,7 @@ class CifAsrTask(FairseqTask):
         return split in self.cfg.train_subset.split(",")
 
     # data ----------------------------------------------------------------------------------------
-    def noise_bank(self):
+    def noise_augmentation_bank(self):
         """(bank, its power, CMVN mean, CMVN std) of the noise augmentation, built once: the recordings of
         --noise-dir, else the synthetic colours (data/noise.py)."""
         if self._noise_bank is None:
@@ -353,7 +353,7 @@ class CifAsrTask(FairseqTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         cfg = self.cfg
         if self.noise is not None and cfg.noise_dir and self.is_training_split(split):
-            self.noise_bank()  # a bad --noise-dir stops training before the first update, not at it
+            self.noise_augmentation_bank()  # a bad --noise-dir stops training before the first update, not at it
         manifest = os.path.join(cfg.data, f"{split}.tsv")
         use_store = cfg.feature_store != "no" and FeatureStore.exists(cfg.data, split)
         shift = cfg.time_shift_max_ms > 0 and self.is_training_split(split)
@@ -537,7 +537,7 @@ class CifAsrTask(FairseqTask):
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
         if self.noise is not None:
-            bank, power, mean, std = self.noise_bank()
+            bank, power, mean, std = self.noise_augmentation_bank()
             seeds = [(self.cfg.seed, int(update_num), i, 4) for i in ids]
             src = add_noise_batch(src, lengths, bank, self.noise, seeds, mean, std, power)
         if self.specaugment is not None:
