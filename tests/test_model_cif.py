@@ -11,7 +11,8 @@ from fairseq.models import ARCH_CONFIG_REGISTRY
 
 from fairseq_hkd.models.cif_decoder import CifDecoder
 from fairseq_hkd.models.cif_middleware import CifMiddleware, scale_alpha
-from fairseq_hkd.models.cif_model import CifModel, CifModelConfig
+from fairseq_hkd.errors import UserError
+from fairseq_hkd.models.cif_model import ARCHITECTURES, CifModel, CifModelConfig, check_options
 from fairseq_hkd.models.conformer_encoder import ConformerEncoder
 from fairseq_hkd.ops.cif import cif as cif_op
 
@@ -330,6 +331,34 @@ def test_architectures_sizes():
     assert tiny.encoder_layers == 3 and tiny.encoder_embed_dim == 144 and tiny.cif_threshold == 1.0
     libri = arch_config("cif_conformer_librispeech")
     assert libri.encoder_embed_dim == 512 and libri.encoder_pool_after == "8"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_passes_the_option_check(arch):
+    check_options(arch_config(arch))
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(encoder_attention_heads=5), "--encoder-embed-dim 144 must be a multiple of --encoder-attention-heads 5"),
+    (dict(decoder_attention_heads=0), "--decoder-attention-heads 0 (>= 1)"),
+    (dict(depthwise_conv_kernel_size=14), "--depthwise-conv-kernel-size must be odd and positive, got 14"),
+    (dict(cif_conv_kernel=0), "--cif-conv-kernel must be odd and positive, got 0"),
+    (dict(subsample_layers=0), "--subsample-layers must be >= 1, got 0"),
+    (dict(encoder_pool_after="2,5"), "--encoder-pool-after '2,5': layers [5] are outside 1..4"),
+    (dict(encoder_pool_after="two"), "--encoder-pool-after must be comma-separated layer numbers, got 'two'"),
+    (dict(cif_dropout=1.5), "--cif-dropout must be in [0, 1], got 1.5"),
+    (dict(cif_threshold=0.0), "--cif-threshold must be > 0, got 0.0"),
+    (dict(encoder_chunk_size=4, dynamic_chunk_training=True), "--encoder-chunk-size or --dynamic-chunk-training"),
+    (dict(share_decoder_input_output_embed=True, decoder_type="non_autoregressive"), "needs --decoder-type"),
+])
+def test_bad_model_options_are_one_user_error_naming_the_option(overrides, named):
+    """What the modules cannot build (or fairseq's attention would only assert on) stops build_model with a
+    UserError (one line under fairseq-train, errors.py) that names the option; two bad options: both named."""
+    with pytest.raises(UserError) as err:
+        CifModel.build_model(arch_config("cif_tiny", **overrides), _Task(make_dict()))
+    assert named in str(err.value) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(UserError, match="--cif-threshold.*; --subsample-layers|--subsample-layers.*; .*--cif-threshold"):
+        check_options(arch_config("cif_tiny", cif_threshold=-1.0, subsample_layers=0))
 
 
 def test_encoder_input_scale_sqrt_d_multiplies_the_first_layer_input_by_sqrt_d():

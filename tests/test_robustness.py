@@ -361,3 +361,19 @@ def test_fuzz_manifest(tmp_path, rows, with_header):
                                          "tgt_text": e.tgt_text} for e in entries])
     again = read_manifest(tmp_path / "r.tsv", check_audio_exists=False)
     assert [(e.id, e.n_samples, e.tgt_text) for e in again] == [(e.id, e.n_samples, e.tgt_text) for e in entries]
+
+
+def test_fairseq_train_bad_model_and_criterion_options_are_one_line(data, venv_bin):
+    """A model option the modules cannot build and a negative criterion weight: each stops a real fairseq-train
+    before the first update with one ``error:`` line naming the option (errors.py), no traceback."""
+    base = [venv_bin / "fairseq-train", data, "--user-dir", "fairseq_hkd", "--task", "cif_asr", "--arch", "cif_tiny",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "20000", "--cpu", "--max-update", "1",
+            "--save-dir", data / "ckpt", "--num-workers", "0"]
+    for extra, named in ((["--criterion", "cif", "--encoder-attention-heads", "5"],
+                          "--encoder-embed-dim 144 must be a multiple of --encoder-attention-heads 5"),
+                         (["--criterion", "cif", "--quantity-weight", "-1"], "--quantity-weight must be >= 0, got -1")):
+        proc = _cli(base + extra)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and named in errors[0], errors
+    assert not (data / "ckpt" / "checkpoint_last.pt").exists()

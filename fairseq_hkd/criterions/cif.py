@@ -31,6 +31,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
 from fairseq_hkd.criterions import ctc_align, guards, losses
+from fairseq_hkd.errors import UserError
 
 __all__ = ["CifCriterion", "CifCriterionConfig"]
 
@@ -78,9 +79,9 @@ class CifCriterion(FairseqCriterion):
         super().__init__(task)
         for name in ("ce_weight", "ctc_weight", "quantity_weight", "segment_count_weight"):
             if getattr(cfg, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+            raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
         self.cfg = cfg
         self.eps = cfg.label_smoothing
         self.sentence_avg = cfg.sentence_avg

@@ -40,6 +40,7 @@ from fairseq.dataclass import ChoiceEnum
 
 from fairseq_hkd.criterions import losses
 from fairseq_hkd.criterions.cif import CifCriterion, CifCriterionConfig, _ratio
+from fairseq_hkd.errors import UserError
 from fairseq_hkd.tasks.cif_asr import StudentDims
 
 __all__ = ["CifHkdCriterion", "CifHkdCriterionConfig"]
@@ -67,15 +68,15 @@ class CifHkdCriterion(CifCriterion):
         super().__init__(cfg, task)
         for name in ("acd_weight", "lrd_weight"):
             if getattr(cfg, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if cfg.acd_temperature <= 0 or cfg.acd_negatives < 0 or not 0.0 <= cfg.acd_small_batch_ratio < 1.0:
-            raise ValueError("need --acd-temperature > 0, --acd-negatives >= 0 and 0 <= --acd-small-batch-ratio < 1")
+            raise UserError("need --acd-temperature > 0, --acd-negatives >= 0 and 0 <= --acd-small-batch-ratio < 1")
         self.weights.update(acd=cfg.acd_weight, lrd=cfg.lrd_weight)
         self.acd_proj = self.lrd_proj = None
         if cfg.acd_weight > 0 or cfg.lrd_weight > 0:
             teacher_dim = task.teacher_dim  # the task <-> criterion contract: docs/DESIGN.md, CifAsrTask
             if not teacher_dim:
-                raise ValueError(
+                raise UserError(
                     "criterion cif_hkd needs teacher states, but the task found no teacher store for the "
                     "training split: run fairseq-hkd-extract-teacher for every split (or pass --teacher-dir), "
                     "or use --criterion cif")
@@ -92,7 +93,7 @@ class CifHkdCriterion(CifCriterion):
         teacher = sample.get("teacher_states")
         if teacher is None:
             if model.training:
-                raise ValueError("criterion cif_hkd: the batch has no teacher states; the training split needs a "
+                raise UserError("criterion cif_hkd: the batch has no teacher states; the training split needs a "
                                  "teacher store (fairseq-hkd-extract-teacher) and --load-teacher auto|yes")
             return terms, net_output, stats  # a validation split without a store: CIF terms only
         target = sample["target"]

@@ -34,6 +34,7 @@ import torch.nn as nn
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
+from fairseq_hkd.errors import UserError
 from fairseq_hkd.models.cif_decoder import CifDecoder
 from fairseq_hkd.models.cif_middleware import CifMiddleware
 from fairseq_hkd.models.dropout import use_packed_dropout
@@ -124,7 +125,44 @@ def parse_pool_after(spec: str) -> List[int]:
     try:
         return [int(x) for x in str(spec).replace(" ", "").split(",") if x]
     except ValueError:
-        raise ValueError(f"--encoder-pool-after must be comma-separated layer numbers, got {spec!r}") from None
+        raise UserError(f"--encoder-pool-after must be comma-separated layer numbers, got {spec!r}") from None
+
+
+def check_options(cfg: CifModelConfig) -> None:
+    """Raise a one-line :class:`UserError` naming the option for model options the modules cannot build
+    (the modules keep their own checks for programmatic use; fairseq's attention would only assert).
+    Options absent from an older checkpoint's config are skipped."""
+    def opt(name, default=None):
+        return getattr(cfg, name, default)
+
+    problems = []
+    for size, heads in (("encoder_embed_dim", "encoder_attention_heads"), ("decoder_embed_dim", "decoder_attention_heads")):
+        if opt(heads) is not None and (opt(heads) < 1 or opt(size) % opt(heads)):
+            problems.append(f"--{size.replace('_', '-')} {opt(size)} must be a multiple of "
+                            f"--{heads.replace('_', '-')} {opt(heads)} (>= 1)")
+    for name in ("depthwise_conv_kernel_size", "cif_conv_kernel"):
+        if opt(name) is not None and (opt(name) < 1 or opt(name) % 2 != 1):
+            problems.append(f"--{name.replace('_', '-')} must be odd and positive, got {opt(name)}")
+    if opt("subsample_layers") is not None and opt("subsample_layers") < 1:
+        problems.append(f"--subsample-layers must be >= 1, got {opt('subsample_layers')}")
+    bad = [i for i in parse_pool_after(opt("encoder_pool_after", "")) if not 1 <= i <= opt("encoder_layers")]
+    if bad:
+        problems.append(f"--encoder-pool-after {opt('encoder_pool_after')!r}: layers {bad} are outside "
+                        f"1..{opt('encoder_layers')} (--encoder-layers)")
+    for name in ("dropout", "cif_dropout", "decoder_dropout", "decoder_attention_dropout", "decoder_activation_dropout"):
+        if opt(name) is not None and not 0.0 <= opt(name) <= 1.0:
+            problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {opt(name)}")
+    if opt("cif_threshold") is not None and not opt("cif_threshold") > 0:
+        problems.append(f"--cif-threshold must be > 0, got {opt('cif_threshold')}")
+    if (opt("encoder_chunk_size") or 0) < 0 or (opt("max_chunk_size") or 32) < 1:
+        problems.append(f"--encoder-chunk-size must be >= 0 and --max-chunk-size >= 1, got "
+                        f"{opt('encoder_chunk_size')} and {opt('max_chunk_size')}")
+    if (opt("encoder_chunk_size") or 0) > 0 and opt("dynamic_chunk_training"):
+        problems.append("give --encoder-chunk-size or --dynamic-chunk-training, not both")
+    if opt("share_decoder_input_output_embed") and opt("decoder_type", "autoregressive") != "autoregressive":
+        problems.append("--share-decoder-input-output-embed needs --decoder-type autoregressive")
+    if problems:
+        raise UserError(f"--arch {opt('_name') or 'cif_transformer'}: " + "; ".join(problems))
 
 
 @register_model("cif_transformer", dataclass=CifModelConfig)
@@ -144,9 +182,10 @@ class CifModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: CifModelConfig, task):
+        check_options(cfg)
         tgt_dict = task.target_dictionary
         if tgt_dict.bos() != 0:
-            raise ValueError(f"CTC uses index 0 as blank; the dictionary's index 0 is {tgt_dict[0]!r}, not <s>")
+            raise UserError(f"CTC uses index 0 as blank; the dictionary's index 0 is {tgt_dict[0]!r}, not <s>")
         encoder = ConformerEncoder(
             cfg.input_feat_dim, cfg.subsample_channels, cfg.subsample_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim,
             cfg.encoder_attention_heads, cfg.encoder_layers, cfg.depthwise_conv_kernel_size,
