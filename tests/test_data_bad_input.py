@@ -42,6 +42,33 @@ def test_missing_audio_names_line(data):
         load(data)
 
 
+@pytest.mark.parametrize("kind, says", [
+    ("missing", r"no such file$"),
+    ("folder", r"it is a folder, not a file$"),
+    ("empty", r"the file is empty \(0 bytes\); re-create or remove it$"),
+    ("text", r"Format not recognised \(libsndfile reads WAV, FLAC, .*ffmpeg -i IN -ac 1 -ar 16000 OUT\.wav\)$"),
+])
+def test_unreadable_file_says_what_is_wrong_and_the_fix(tmp_path, kind, says):
+    """read_audio, the header read and the block reader of long files give the same one-line reason."""
+    from fairseq_hkd.data.audio import file_sample_rate
+    from fairseq_hkd.generation.audio_stream import AudioStream
+
+    path = tmp_path / "x.wav"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello, not audio")
+    for read in (lambda: read_audio(str(path), where="m.tsv:3"), lambda: file_sample_rate(str(path), where="m.tsv:3")):
+        with pytest.raises(AudioError, match=rf"^m\.tsv:3: cannot read audio .*x\.wav: " + says) as err:
+            read()
+        assert "\n" not in str(err.value) and str(err.value).count("x.wav") == 1
+    if kind in ("empty", "text"):  # the block reader checks existence itself ("no such file")
+        with pytest.raises(AudioError, match=r"^cannot read audio .*x\.wav: " + says):
+            AudioStream(str(path))
+
+
 def test_unreadable_audio_names_line(data):
     (data / "wav" / "train0004.wav").write_bytes(b"not a wav file at all" * 10)
     with pytest.raises(AudioError, match=r"train\.tsv:6: cannot read audio .*train0004\.wav"):

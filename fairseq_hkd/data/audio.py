@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from collections import Counter
 from typing import Optional
 
@@ -66,7 +68,26 @@ def file_sample_rate(path: str, where: str = "") -> int:
     try:
         return int(sf.info(path).samplerate)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
-        raise AudioError(f"{where + ': ' if where else ''}cannot read audio {path}: {e}") from e
+        raise unreadable_error(path, e, where) from e
+
+
+CONVERT_HINT = "convert it to WAV or FLAC, e.g. ffmpeg -i IN -ac 1 -ar 16000 OUT.wav"
+
+
+def unreadable_error(path: str, e: Exception, where: str = "") -> AudioError:
+    """The one-line error for a file libsndfile could not open or read: what is wrong with it (missing, a
+    folder, 0 bytes, not an audio format libsndfile knows: the first line of its message) and the fix."""
+    tag = f"{where}: " if where else ""
+    if not os.path.exists(path):
+        return AudioError(f"{tag}cannot read audio {path}: no such file")
+    if os.path.isdir(path):
+        return AudioError(f"{tag}cannot read audio {path}: it is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        return AudioError(f"{tag}cannot read audio {path}: the file is empty (0 bytes); re-create or remove it")
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = re.sub(r"^Error opening '.*?': ", "", msg).rstrip(".")  # soundfile repeats the path
+    return AudioError(f"{tag}cannot read audio {path}: {msg} (libsndfile reads WAV, FLAC, OGG, MP3, AIFF, ...; "
+                      f"{CONVERT_HINT})")
 
 
 def wrong_rate_error(path: str, where: str, rate: int, sample_rate: int = SAMPLE_RATE) -> AudioError:
@@ -104,7 +125,7 @@ def read_audio(
     try:
         wav, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
-        raise AudioError(f"{tag}cannot read audio {path}: {e}") from e
+        raise unreadable_error(path, e, where) from e
     n, channels = wav.shape
     check_finite(wav, path, sr, where=where)
     if n == 0:

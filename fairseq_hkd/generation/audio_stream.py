@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Iterator, Optional
 
 import numpy as np
 import soundfile as sf
 
-from fairseq_hkd.data.audio import COUNTERS, SAMPLE_RATE, AudioError, check_finite, resample, wrong_rate_error
+from fairseq_hkd.data.audio import (COUNTERS, SAMPLE_RATE, AudioError, check_finite, resample, unreadable_error,
+                                    wrong_rate_error)
 
 __all__ = ["AudioStream", "AudioError", "DEFAULT_BLOCK_S"]
 
@@ -44,7 +44,7 @@ class AudioStream:
         try:
             info = sf.info(path)
         except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
-            raise AudioError(f"cannot read audio {path}: {_reason(e)}") from e
+            raise unreadable_error(path, e) from e
         self.file_rate, self.channels, self.file_frames = int(info.samplerate), int(info.channels), int(info.frames)
         if self.file_frames == 0:
             raise AudioError(f"audio {path} is empty (0 samples)")
@@ -76,7 +76,7 @@ class AudioStream:
         except AudioError:
             raise
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise AudioError(f"cannot read audio {self.path}: {_reason(e)}") from e
+            raise unreadable_error(self.path, e) from e
 
     def read(self) -> np.ndarray:
         """The whole file as float32 [n'] (for short files)."""
@@ -114,12 +114,6 @@ class AudioStream:
                 left = self.margin
         if buf.shape[0] > left:
             yield resample(buf, self.file_rate, self.sample_rate)[round(left * ratio):]
-
-
-def _reason(e: Exception) -> str:
-    """The first line of soundfile's message (or the exception's type)."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return re.sub(r"^Error opening '.*?': ", "", msg)  # soundfile repeats the path
 
 
 def min_samples_error(path: str, n: int, minimum: int, sample_rate: int = SAMPLE_RATE) -> Optional[AudioError]:
