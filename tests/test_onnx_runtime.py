@@ -533,3 +533,28 @@ def test_token_times_follow_the_steps_of_the_emitted_tokens(exported):
     assert rec.token_times(dec, 100.0) == pytest.approx([float(t) for t in want])
     plain = Decoded([7, 8, 9], ["a", "b", "c"], "a b c", -1.0, [-0.1] * 3, fires, 4, np.zeros(16, np.float32))
     assert rec.token_times(plain, 100.0) == pytest.approx([float(t) for t in encoder_frame_centres(fires[:3], rec.downsample)])
+
+
+def test_word_spans_of_both_backends_agree_and_end_at_the_fires(trained_cif, exported):
+    """fairseq-hkd-transcribe's words span their tokens' CIF weight (generation/token_spans.py) with either
+    backend: the same starts and ends within 2 ms (fp32 weights differ in their last bits), each token's span
+    ending inside its fire frame (within half a frame of the token's time), starts before ends, in order."""
+    from fairseq_hkd.data.manifest import read_manifest
+    from fairseq_hkd.generation.transcribe import Recognizer, read_inputs
+    from fairseq_hkd.runtime.recognizer import OnnxRecognizer
+
+    items = read_inputs([], str(trained_cif.data / "test.tsv"))
+    torch_rec = Recognizer.from_checkpoint(str(trained_cif.ckpt), beam=4, cpu=True)
+    by_torch = torch_rec.transcribe(items, timestamps=True)
+    by_onnx = list(OnnxRecognizer(str(exported.fp32), beam=4).iter_transcribe(items, timestamps=True))
+    half_frame = torch_rec.downsample * 0.01 / 2
+    assert len(by_torch) == len(by_onnx) == len(read_manifest(trained_cif.data / "test.tsv"))
+    for t, o in zip(by_torch, by_onnx):
+        assert t.text == o.text
+        for st, so in zip(t.segments, o.segments):
+            assert len(st.token_spans) == len(st.symbols) and len(so.token_spans) == len(so.symbols)
+            np.testing.assert_allclose(np.array(st.token_spans), np.array(so.token_spans), atol=2e-3)
+            for (a, b), time in zip(st.token_spans, st.token_times):
+                assert a <= b and abs(b - time) <= half_frame + 1e-6
+            assert all(w1.end <= w2.start + 1e-9 for w1, w2 in zip(st.words, st.words[1:]))
+            assert st.words[0].start < st.words[-1].end

@@ -13,8 +13,10 @@ srt, vtt   subtitles: cues from the segments, split at words     only for a sing
 
 JSON object: ``id, audio, duration, text, score, n_fires, segments`` (and ``reference`` with a
 manifest); each segment ``start, end, text, score, tokens, words``; each token
-``{"symbol", "time", "score"}``, each word ``{"text", "start", "end"}``. Times in seconds (3
-decimals), scores natural-log probabilities (4 decimals).
+``{"symbol", "time", "score", "start", "end"}`` (``time``: the fire; ``start``/``end``: the audio whose CIF
+weight the token integrated, generation/token_spans.py), each word ``{"text", "start", "end"}`` (from its
+first token's start to its last token's end). Times in seconds (3 decimals), scores natural-log
+probabilities (4 decimals).
 
 Subtitle cues: the words of one segment, a new cue when the text would pass ``max_chars`` or the
 cue ``max_seconds``; a cue starts at its segment's start (first cue) or halfway between the previous
@@ -58,10 +60,13 @@ def to_dict(t: Transcript) -> dict:
 
 
 def _segment_dict(s: Segment) -> dict:
+    tokens = [{"symbol": x, "time": round(tm, 3), "score": round(sc, 4)}
+              for x, tm, sc in zip(s.symbols, s.token_times, s.token_scores)]
+    for tok, (a, b) in zip(tokens, s.token_spans):
+        tok.update(start=round(a, 3), end=round(b, 3))
     return {
         "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "score": round(s.score, 4),
-        "tokens": [{"symbol": x, "time": round(tm, 3), "score": round(sc, 4)}
-                   for x, tm, sc in zip(s.symbols, s.token_times, s.token_scores)],
+        "tokens": tokens,
         "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in s.words],
     }
 

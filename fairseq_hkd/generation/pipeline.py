@@ -47,7 +47,8 @@ class Piece:
 @dataclass
 class PieceResult:
     """What ``decode`` returns per piece. Times in seconds from the piece's start; ``words``:
-    (text, first token, end token) per word, token indices into ``symbols``."""
+    (text, first token, end token) per word, token indices into ``symbols``; ``token_spans``: (start, end)
+    per token (token_spans.py; None: words span their tokens' times)."""
 
     text: str
     symbols: List[str]
@@ -57,6 +58,7 @@ class PieceResult:
     n_fires: int
     words: List[Tuple[str, int, int]] = field(default_factory=list)
     plot: Optional[str] = None
+    token_spans: Optional[List[Tuple[float, float]]] = None
 
 
 DecodeFn = Callable[[Sequence[AudioItem], Sequence[Piece]], List[PieceResult]]
@@ -205,9 +207,11 @@ class TranscriptionPipeline:
             start, length, r = st.done[k]
             t0 = start / SAMPLE_RATE
             times = [t0 + t for t in r.token_times]
-            words = [Word(text, times[a], times[b - 1]) for text, a, b in r.words]
+            spans = [(t0 + a, t0 + b) for a, b in r.token_spans] if r.token_spans is not None else [(t, t) for t in times]
+            words = [Word(text, spans[a][0], spans[b - 1][1]) for text, a, b in r.words]
             end = t0 + min(length / SAMPLE_RATE, st.duration - t0)
-            segments.append(Segment(t0, end, r.text, list(r.symbols), times, list(r.token_scores), r.score, words))
+            segments.append(Segment(t0, end, r.text, list(r.symbols), times, list(r.token_scores), r.score, words,
+                                    spans if r.token_spans is not None else []))
         results = [st.done[k][2] for k in sorted(st.done)]
         plot = results[0].plot if len(results) == 1 else None
         return Transcript(

@@ -2,8 +2,10 @@
 
 Torch-free (stdlib only), shared by ``fairseq-hkd-transcribe`` and the ONNX runtime. Times are
 seconds from the start of the original file; a token's time is the centre of the encoder frame
-whose CIF weight completed it (see transcribe.py), a word's ``start``/``end`` are the times of its
-first and last tokens, a segment's ``start``/``end`` the span of audio that was decoded.
+whose CIF weight completed it (see transcribe.py), its span the stretch of audio whose weight it integrated
+(token_spans.py), a word's ``start``/``end`` the start of its first token's span and the end of its last's
+(the times of its first and last tokens where no spans are known), a segment's ``start``/``end`` the span
+of audio that was decoded.
 Scores are natural-log probabilities of the decoder (per token: the chosen unit's log-probability,
 the beam's positional score; per file: the sum over segments of the hypothesis scores, ``</s>``
 included).
@@ -30,7 +32,8 @@ class Word:
 
 @dataclass
 class Segment:
-    """One decoded stretch of a file: ``symbols`` [N], ``token_times`` [N], ``token_scores`` [N]."""
+    """One decoded stretch of a file: ``symbols`` [N], ``token_times`` [N], ``token_scores`` [N], ``token_spans``
+    [N] (the stretch of audio whose CIF weight each token integrated, generation/token_spans.py)."""
 
     start: float
     end: float
@@ -40,6 +43,7 @@ class Segment:
     token_scores: List[float]
     score: float
     words: List[Word] = field(default_factory=list)
+    token_spans: List[Tuple[float, float]] = field(default_factory=list)  # [N] (start, end), empty: unknown
 
 
 @dataclass

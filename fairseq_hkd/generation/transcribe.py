@@ -61,6 +61,7 @@ from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs,
 from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.progress import Progress
 from fairseq_hkd.generation.results import FileError, Transcript, word_spans
+from fairseq_hkd.generation.token_spans import emitted_token_spans
 from fairseq_hkd.generation.segments import SegmenterConfig
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,9 @@ class Recognizer:
                 text=units.decode(symbols), symbols=symbols,
                 token_times=self.fire_times(fires[torch.tensor(keep, dtype=torch.long)], duration),
                 token_scores=[float(scores[k]) for k in keep], score=float(hyp["score"]), n_fires=int(dec.cif_lengths[b]),
-                words=[(units.decode(symbols[a:e]), a, e) for a, e in word_spans(symbols, units.unit)])
+                words=[(units.decode(symbols[a:e]), a, e) for a, e in word_spans(symbols, units.unit)],
+                token_spans=emitted_token_spans(alpha[b, : enc_len[b]].numpy(), len(fires), keep, self.downsample,
+                                                duration))
             if plot_dir is not None and piece.whole:
                 from fairseq_hkd.generation.plot import plot_alignment
 

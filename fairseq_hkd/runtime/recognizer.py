@@ -270,14 +270,17 @@ class OnnxRecognizer:
         pieces (waveforms) -> one ``PieceResult`` each, as ``Recognizer.decode_pieces`` makes them."""
         from fairseq_hkd.generation.pipeline import PieceResult
         from fairseq_hkd.generation.results import word_spans
+        from fairseq_hkd.generation.token_spans import emitted_token_spans  # numpy only
 
         out = []
         for piece, dec in zip(pieces, self.decode_features([self.frontend.features(p.wav) for p in pieces])):
             duration = piece.wav.shape[0] / self.frontend.sample_rate
+            steps = dec.steps if dec.steps is not None else list(range(len(dec.symbols)))
             out.append(PieceResult(
                 text=dec.text, symbols=dec.symbols, token_times=self.token_times(dec, duration),
                 token_scores=dec.token_scores, score=dec.score, n_fires=dec.n_fires,
-                words=[(decode_units(self.unit, dec.symbols[a:e]), a, e) for a, e in word_spans(dec.symbols, self.unit)]))
+                words=[(decode_units(self.unit, dec.symbols[a:e]), a, e) for a, e in word_spans(dec.symbols, self.unit)],
+                token_spans=emitted_token_spans(dec.alpha, len(dec.fires), steps, self.downsample, duration)))
         return out
 
     def iter_transcribe(self, items, batch_size: int = 8, timestamps: bool = False, segmenter=None,
