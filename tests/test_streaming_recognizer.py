@@ -10,6 +10,7 @@ import torch
 from fairseq_hkd.data.fbank import fbank
 from fairseq_hkd.generation.cif_generator import CifGenerator
 from fairseq_hkd.generation.streaming import StreamError, StreamingRecognizer, chunk_frames
+from fairseq_hkd.generation.token_spans import emitted_token_spans
 from test_model_cif import favour_eos, small_model
 
 
@@ -61,6 +62,14 @@ def test_chunk_longer_than_the_utterance_equals_offline_decoding(beam):
     assert res.symbols == ref
     assert res.text == "".join(ref) and fixed == "" and partial == ""  # nothing runs before the end
     assert len(res.token_times) == len(ref) and res.token_times == sorted(res.token_times)
+    # the spans of the offline decoding of the raw weights' count (the Recognizer's, token_spans.py)
+    g = CifGenerator([m], m.decoder.dictionary, beam_size=beam)
+    feats = torch.from_numpy(np.ascontiguousarray(_cmvn(fbank(wav)), dtype=np.float32))
+    dec = g.decode(feats[None], torch.tensor([feats.size(0)]))
+    n_enc, fires = int(dec.encoder_lengths[0]), dec.hypos[0][0]["fires"]
+    want = emitted_token_spans(dec.alpha[0, :n_enc].double().numpy(), len(fires), range(len(ref)),
+                               int(m.encoder.downsample), len(wav) / 16000)
+    np.testing.assert_allclose(np.array(res.token_spans), np.array(want), atol=1e-4)
 
 
 @pytest.mark.parametrize("beam", [1, 3])

@@ -26,13 +26,15 @@ model trained with chunks (``--encoder-chunk-size`` or ``--dynamic-chunk-trainin
 ``--encoder-causal-conv``) gives at every chunk size what its masked offline forward pass gives; a
 full-context model can stream too, approximately (it never saw a cut-off right context).
 
-Times: ``StreamResult.token_times`` are the fire frames' centres (as transcribe.py's), and
-``StreamResult.emitted_at`` the stream position (seconds of audio accepted) when each token was fixed.
+Times: ``StreamResult.token_times`` are the fire frames' centres (as transcribe.py's),
+``StreamResult.token_spans`` the stretches of audio whose weight each token integrated (token_spans.py, from
+the whole stream's weights at ``finish``), and ``StreamResult.emitted_at`` the stream position (seconds of
+audio accepted) when each token was fixed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -69,6 +71,7 @@ class StreamResult:
     emitted_at: List[float] = field(default_factory=list)
     duration: float = 0.0
     reference: Optional[str] = None  # filled by callers that have one (scoring)
+    token_spans: List[Tuple[float, float]] = field(default_factory=list)  # (start, end) s, token_spans.py
 
 
 class StreamingRecognizer:
@@ -113,6 +116,7 @@ class StreamingRecognizer:
         self.frames_read = 0  # fbank frames taken from the extractor
         self.samples = 0
         self.fires: List[int] = []  # encoder frame of each CIF token
+        self.alphas: List[np.ndarray] = []  # the CIF weights of each integrated piece (token spans at finish)
         self.emitted_at: List[float] = []  # seconds of audio accepted when each fixed token was fixed
         self._fixed_text = ""
         self.result: Optional[StreamResult] = None
@@ -150,6 +154,7 @@ class StreamingRecognizer:
     # ------------------------------------------------------------------ stages
     def _integrate(self, h: torch.Tensor, final: bool) -> None:
         alpha, h = self.weights.step(h, final=final)
+        self.alphas.append(alpha.double().cpu().numpy())
         toks, self.cif = cif_stream_step(alpha[None], h[None], self.cif, threshold=self.threshold)
         self.search.add(toks.embeddings[0])
         self.fires += toks.fire_frames[0].tolist()
@@ -213,8 +218,12 @@ class StreamingRecognizer:
         symbols = self._symbols(tokens)
         duration = self.samples / SAMPLE_RATE
         from fairseq_hkd.generation.plot import encoder_frame_centres
+        from fairseq_hkd.generation.token_spans import emitted_token_spans
 
         times = [min(max(float(t), 0.0), duration)
                  for t in encoder_frame_centres(np.asarray(self.fires[: len(symbols)], dtype=np.int64), self.downsample)]
-        self.result = StreamResult(self.units.decode(symbols), symbols, times, self.emitted_at[: len(symbols)], duration)
+        spans = emitted_token_spans(np.concatenate(self.alphas)[:n_enc], len(self.fires), range(len(symbols)),
+                                    self.downsample, duration)
+        self.result = StreamResult(self.units.decode(symbols), symbols, times, self.emitted_at[: len(symbols)], duration,
+                                   token_spans=spans)
         return self.result
