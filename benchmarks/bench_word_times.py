@@ -19,7 +19,11 @@ checkpoint says); only utterances decoded without error are scored, word k again
 ``fire`` is the token time of ``--timestamps`` before 2026-12-06 (start = end = the centre of the frame whose
 weight completed the word's first / last token), ``span F`` the spans of ``generation/token_spans.py`` with
 ``floor`` F. Prints, per split and method, the mean and median absolute start and end errors (ms), the mean
-signed errors, the share within 100 ms and the end errors of the utterances' last words, and a Markdown table. Choose F on dev, report test.
+signed errors, the share within 100 ms and the end errors of the utterances' last words, and a Markdown table.
+Then how well a word's probability (``probability`` in the JSON output: the product of its tokens'
+probabilities under the search) tells wrong words from right ones, over every decoded word: a word is right
+when a Levenshtein alignment with the reference matches it to an equal word; the AUC is the chance that a
+right word has the higher probability than a wrong one. Choose F on dev, report test.
 """
 from __future__ import annotations
 
@@ -134,12 +138,13 @@ def main(argv=None) -> None:
     with open(os.path.join(args.data, "utterances.tsv"), newline="", encoding="utf-8") as f:
         synth = {r["id"]: r for r in csv.DictReader(f, delimiter="\t")}
     methods = ["fire"] + [f"span {x:g}" for x in args.floors]
-    rows = []
+    rows, conf_rows = [], []
     for split in args.splits:
         entries = read_manifest(os.path.join(args.data, f"{split}.tsv"))
         if args.max_utts:
             entries = entries[: args.max_utts]
         err = {m: ([], [], []) for m in methods}  # start, end errors of every word; end errors of last words
+        confidence = []  # (word probability, word right) of every decoded word
         scored = mismatched = wrong = 0
         for e in entries:
             s = synth[e.id]
@@ -158,6 +163,10 @@ def main(argv=None) -> None:
             keep = [k for k, t in enumerate(tokens) if t not in strip]
             symbols = [tgt_dict[tokens[k]] for k in keep]
             spans = word_spans(symbols, units.unit)
+            scores = hyp["positional_scores"].double().numpy()
+            hyp_words = [units.decode(symbols[a:b]) for a, b in spans]
+            for ok, (a, b) in zip(correct_words(hyp_words, units.normalise(e.tgt_text).split()), spans):
+                confidence.append((float(np.exp(scores[[keep[i] for i in range(a, b)]].sum())), ok))
             if units.decode(symbols).split() != units.normalise(e.tgt_text).split() or len(spans) != len(ref):
                 wrong += 1
                 continue
@@ -188,6 +197,11 @@ def main(argv=None) -> None:
                        last_end_mae=np.mean(np.abs(dl)), last_end_bias=np.mean(dl))
             rows.append(row)
             print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        p_word, right = np.array([c for c, _ in confidence]), np.array([ok for _, ok in confidence])
+        low = p_word < 0.5
+        conf_rows.append(dict(split=split, words=len(right), wrong=100 * np.mean(~right), auc=auc(p_word[~right], p_word[right]),
+                              low=100 * np.mean(low), wrong_low=100 * np.mean(~right[low]) if low.any() else float("nan"),
+                              wrong_high=100 * np.mean(~right[~low])))
         print(f"{split}: {scored} utterances scored, {wrong} decoded with errors (not scored), {mismatched} whose "
               f"resynthesis did not match the corpus's duration", flush=True)
     print("\n| split | method | words | start: mean / median abs. error ms, bias ms, <= 100 ms | end: the same | "
@@ -197,6 +211,41 @@ def main(argv=None) -> None:
         print(f"| {r['split']} | {r['method']} | {r['words']} | {r['start_mae']:.0f} / {r['start_med']:.0f}, "
               f"{r['start_bias']:+.0f}, {r['start_100']:.1f} % | {r['end_mae']:.0f} / {r['end_med']:.0f}, "
               f"{r['end_bias']:+.0f}, {r['end_100']:.1f} % | {r['last_end_mae']:.0f}, {r['last_end_bias']:+.0f} |")
+
+    print("\n| split | decoded words | wrong | AUC of the word probability (wrong below right) | words with p < 0.5 | "
+          "wrong among them | wrong among the others |")
+    print("|---|---|---|---|---|---|---|")
+    for r in conf_rows:
+        print(f"| {r['split']} | {r['words']} | {r['wrong']:.1f} % | {r['auc']:.3f} | {r['low']:.1f} % | "
+              f"{r['wrong_low']:.1f} % | {r['wrong_high']:.1f} % |")
+
+
+def correct_words(hyp, ref):
+    """[bool] per hypothesis word: matched to an equal reference word on a Levenshtein alignment."""
+    n, m = len(hyp), len(ref)
+    d = np.zeros((n + 1, m + 1), dtype=np.int64)
+    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (hyp[i - 1] != ref[j - 1]))
+    ok, i, j = [False] * n, n, m
+    while i > 0 and j > 0:
+        if d[i, j] == d[i - 1, j - 1] + (hyp[i - 1] != ref[j - 1]):
+            ok[i - 1] = hyp[i - 1] == ref[j - 1]
+            i, j = i - 1, j - 1
+        elif d[i, j] == d[i - 1, j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return ok
+
+
+def auc(negatives, positives) -> float:
+    """P(a random positive scores above a random negative), ties counted half (Mann-Whitney)."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return float("nan")
+    neg, pos = np.asarray(negatives)[:, None], np.asarray(positives)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from test_generate_e2e import trained_cif  # noqa: F401  (shared session fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
-TORCH_FREE = ["inputs", "formats", "segments", "results", "pipeline", "audio_stream", "progress"]
+TORCH_FREE = ["inputs", "formats", "segments", "results", "pipeline", "audio_stream", "progress", "token_spans"]
 
 
 # ---------------------------------------------------------------------- synthetic audio and a fake model
@@ -402,6 +402,10 @@ def test_every_format_reads_back(tmp_path):
         np.testing.assert_allclose([x["time"] for x in toks], t.token_times, atol=5e-4)
         np.testing.assert_allclose([x["score"] for x in toks], t.token_scores, atol=5e-5)
         assert d["text"] == t.text and len(d["segments"]) == len(t.segments)
+        words = [x for s in d["segments"] for x in s["words"]]
+        assert [x["text"] for x in words] == [w.text for w in t.words]
+        # a word's probability: the product of its tokens' (here one token of log-probability -0.5 each)
+        assert [x["probability"] for x in words] == pytest.approx([np.exp(-0.5)] * len(words), abs=5e-5)
     # subtitles: the cues' text is the transcript; cues in order, within the file, around their words
     for fmt in ("srt", "vtt"):
         cues = formats.read_subtitles(formats.render(t, fmt))

@@ -14,8 +14,9 @@ srt, vtt   subtitles: cues from the segments, split at words     only for a sing
 JSON object: ``id, audio, duration, text, score, n_fires, segments`` (and ``reference`` with a
 manifest); each segment ``start, end, text, score, tokens, words``; each token
 ``{"symbol", "time", "score", "start", "end"}`` (``time``: the fire; ``start``/``end``: the audio whose CIF
-weight the token integrated, generation/token_spans.py), each word ``{"text", "start", "end"}`` (from its
-first token's start to its last token's end). Times in seconds (3 decimals), scores natural-log
+weight the token integrated, generation/token_spans.py), each word ``{"text", "start", "end", "probability"}``
+(from its first token's start to its last token's end; the product of its tokens' probabilities under the
+search, a confidence: BENCHMARKS.md "Word times"). Times in seconds (3 decimals), scores natural-log
 probabilities (4 decimals).
 
 Subtitle cues: the words of one segment, a new cue when the text would pass ``max_chars`` or the
@@ -67,8 +68,15 @@ def _segment_dict(s: Segment) -> dict:
     return {
         "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "score": round(s.score, 4),
         "tokens": tokens,
-        "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in s.words],
+        "words": [_word_dict(w) for w in s.words],
     }
+
+
+def _word_dict(w) -> dict:
+    d = {"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3)}
+    if w.score is not None:
+        d["probability"] = round(w.probability, 4)
+    return d
 
 
 def subtitle_cues(t: Transcript, max_chars: int = 84, max_seconds: float = 7.0) -> List[Cue]:

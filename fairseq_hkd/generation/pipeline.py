@@ -208,7 +208,7 @@ class TranscriptionPipeline:
             t0 = start / SAMPLE_RATE
             times = [t0 + t for t in r.token_times]
             spans = [(t0 + a, t0 + b) for a, b in r.token_spans] if r.token_spans is not None else [(t, t) for t in times]
-            words = [Word(text, spans[a][0], spans[b - 1][1]) for text, a, b in r.words]
+            words = [Word(text, spans[a][0], spans[b - 1][1], float(sum(r.token_scores[a:b]))) for text, a, b in r.words]
             end = t0 + min(length / SAMPLE_RATE, st.duration - t0)
             segments.append(Segment(t0, end, r.text, list(r.symbols), times, list(r.token_scores), r.score, words,
                                     spans if r.token_spans is not None else []))

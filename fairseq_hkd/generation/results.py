@@ -12,6 +12,7 @@ included).
 """
 from __future__ import annotations
 
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
@@ -25,9 +26,16 @@ SPM_WORD_START = "\u2581"
 
 @dataclass
 class Word:
+    """``score``: the sum of its tokens' log-probabilities (None where unknown); ``probability`` = exp(score)."""
+
     text: str
     start: float
     end: float
+    score: Optional[float] = None
+
+    @property
+    def probability(self) -> Optional[float]:
+        return None if self.score is None else math.exp(self.score)
 
 
 @dataclass
