@@ -429,3 +429,17 @@ def test_transcribe_lm_options(lm_setup, tmp_path):
     with pytest.raises(LmDictionaryError):
         cli_main(["--path", str(asr_ckpt), "--manifest", str(data / "test.tsv"), "--cpu", "--quiet",
                   "--lm-path", str(lms["other_size"]), "--lm-weight", "2", "--output", str(out)])
+
+
+def test_fairseq_generate_bad_search_option_is_one_line(lm_setup):
+    """A search option CifGenerator cannot run (--nbest above --beam, --cif-ctc-weight outside [0, 1]) stops a real
+    fairseq-generate with one ``error:`` line naming it (errors.py), no traceback."""
+    data, asr_ckpt, _ = lm_setup
+    base = [str(Path(sys.executable).parent / "fairseq-generate"), str(data), "--user-dir", USER_DIR, "--task", "cif_asr",
+            "--path", str(asr_ckpt), "--gen-subset", "test", "--cpu", "--num-workers", "0", "--load-teacher", "no"]
+    for extra, named in ((["--beam", "2", "--nbest", "3"], "--nbest 3 cannot exceed --beam 2"),
+                         (["--cif-ctc-weight", "1.5"], "--cif-ctc-weight must be in [0, 1], got 1.5")):
+        proc = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == f"error: {named}"

@@ -81,6 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fairseq_hkd.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CifGenerator", "CifSearchResult", "build_cif_generator"]
@@ -193,15 +195,15 @@ class CifGenerator:
                 "(fairseq-hkd-average-checkpoints) and pass one --path."
             )
         if beam_size < 1 or nbest < 1:
-            raise ValueError(f"beam ({beam_size}) and nbest ({nbest}) must be >= 1")
+            raise UserError(f"--beam ({beam_size}) and --nbest ({nbest}) must be >= 1")
         if eos_slack not in (0, 1):
-            raise ValueError(f"--cif-eos-slack must be 0 or 1, got {eos_slack}")
+            raise UserError(f"--cif-eos-slack must be 0 or 1, got {eos_slack}")
         if nbest > beam_size:
-            raise ValueError(f"--nbest {nbest} cannot exceed --beam {beam_size}")
+            raise UserError(f"--nbest {nbest} cannot exceed --beam {beam_size}")
         if count_search < -1:
-            raise ValueError(f"--cif-count-search must be >= -1, got {count_search}")
+            raise UserError(f"--cif-count-search must be >= -1, got {count_search}")
         if not 0.0 <= ctc_weight <= 1.0:
-            raise ValueError(f"--cif-ctc-weight must be in [0, 1], got {ctc_weight}")
+            raise UserError(f"--cif-ctc-weight must be in [0, 1], got {ctc_weight}")
         self.count_search = int(count_search)
         self.ctc_weight = float(ctc_weight)
         self.model = models[0]

@@ -56,6 +56,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from fairseq_hkd.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LmDictionaryError", "LmScorer", "check_lm_dictionary", "check_lm_model", "load_lm",
@@ -241,7 +243,7 @@ class LmScorer:
 
     def __init__(self, lm_model, weight: float, eos: int, pad: int, vocab_size: int):
         if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"--lm-weight must be a finite number >= 0, got {weight}")
+            raise UserError(f"--lm-weight must be a finite number >= 0, got {weight}")
         self.model = lm_model
         self.weight = float(weight)
         self.eos, self.pad, self.vocab_size = eos, pad, vocab_size
