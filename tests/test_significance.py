@@ -76,6 +76,20 @@ def test_bootstrap_matches_exhaustive_resampling_with_seeds_averaged():
     assert res.low == pytest.approx(lo, abs=1.0) and res.high == pytest.approx(hi, abs=1.0)
 
 
+def test_t_interval_over_seeds_by_hand():
+    """Per-seed differences 1..5 (the textbook case): mean 3, sd sqrt(2.5), se 0.7071, t(0.975, 4) = 2.7764 from
+    the table -> [1.037, 4.963]; t = 4.243 on 4 degrees of freedom: two-sided p = 0.0132. Fewer than three seeds:
+    no interval. And the CLI line carries it."""
+    from fairseq_hkd.generation.significance import BootstrapResult, format_result
+
+    res = BootstrapResult(3.0, 0.0, 0.0, 0.0, [1.0, 2.0, 3.0, 4.0, 5.0], 10.0, 13.0, 100, 10)
+    mean, lo, hi, p = res.seed_t_interval()
+    assert mean == 3.0 and lo == pytest.approx(3 - 2.7764 * 0.70711, abs=1e-3)
+    assert hi == pytest.approx(3 + 2.7764 * 0.70711, abs=1e-3) and p == pytest.approx(0.0132, abs=2e-4)
+    assert "t over the 5 seeds: +3.00 [+1.04, +4.96], p = 0.013" in format_result(res)
+    assert BootstrapResult(3.0, 0.0, 0.0, 0.0, [1.0, 2.0], 10.0, 13.0, 100, 10).seed_t_interval() is None
+
+
 def test_cli_prints_one_line_and_bad_files_give_a_one_line_error(tmp_path, capsys):
     a = _write(tmp_path / "a.txt", PAIRS, 50.0)
     b = _write(tmp_path / "b.txt", [(r, r) for r, _ in PAIRS], 0.0)

@@ -18,7 +18,9 @@ the sample) with replacement, ``n_resamples`` times; in each resample every seed
 is scored on the same utterances, so the interval reflects the test set's sampling, paired across
 systems, with seed-to-seed variation averaged in. Reported: the observed difference
 ``WER(system) - WER(baseline)`` in points, its 95 % percentile interval and the fraction of
-resamples in which the system is not better (a one-sided bootstrap p-value).
+resamples in which the system is not better (a one-sided bootstrap p-value). With three or more paired
+seeds also a t interval over the per-seed differences (the seeds are the sample: it counts how much a
+system varies from seed to seed, which the bootstrap over utterances averages away) and its two-sided p.
 """
 from __future__ import annotations
 
@@ -112,6 +114,20 @@ class BootstrapResult:
     n_utterances: int
     n_resamples: int
 
+    def seed_t_interval(self, level: float = 0.95) -> Optional[Tuple[float, float, float, float]]:
+        """(mean, low, high, two-sided p) of a t interval over the per-seed differences; None below 3 seeds."""
+        d = np.asarray(self.per_seed, dtype=np.float64)
+        if d.size < 3:
+            return None
+        from scipy.stats import t as student_t
+
+        mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+        if se == 0.0:
+            return mean, mean, mean, 0.0 if mean != 0.0 else 1.0
+        q = float(student_t.ppf(0.5 + level / 2, d.size - 1))
+        p = float(2 * student_t.sf(abs(mean) / se, d.size - 1))
+        return mean, mean - q * se, mean + q * se, p
+
 
 def _stack(runs: Sequence[UtteranceErrors], ids: List[str]) -> np.ndarray:
     """[S, N] errors of S runs on the common utterance order ``ids``."""
@@ -158,7 +174,9 @@ def format_result(res: BootstrapResult, name_a: str = "baseline", name_b: str = 
     return (f"{name_b} - {name_a}: {res.delta:+.2f} WER points ({res.system_wer:.2f} vs {res.baseline_wer:.2f}, "
             f"seed-averaged); 95 % CI [{res.low:+.2f}, {res.high:+.2f}] (paired bootstrap over "
             f"{res.n_utterances} utterances, {res.n_resamples} resamples); P(not better) = {res.p_not_better:.3f}"
-            + (f"; per-seed differences: {seeds}" if seeds else ""))
+            + (f"; per-seed differences: {seeds}" if seeds else "")
+            + ("; t over the {} seeds: {:+.2f} [{:+.2f}, {:+.2f}], p = {:.3f}".format(len(res.per_seed), *t)
+               if (t := res.seed_t_interval()) else ""))
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
