@@ -38,16 +38,21 @@ def label_smoothed_ce(logits: torch.Tensor, target: torch.Tensor, epsilon: float
                                    ignore_index=padding_idx, reduce=True)
 
 
+def _ctc_keep(target: torch.Tensor, padding_idx: int, eos_idx: int) -> torch.Tensor:
+    """[B, S] targets -> [B, S] bool: the positions CTC is trained on (every </s> and the padding out)."""
+    return target.ne(padding_idx) & target.ne(eos_idx)
+
+
 def _ctc_targets(target: torch.Tensor, padding_idx: int, eos_idx: int):
     """[B, S] targets -> (flat labels without </s> and padding, [B] their lengths)."""
-    keep = target.ne(padding_idx) & target.ne(eos_idx)
+    keep = _ctc_keep(target, padding_idx, eos_idx)
     return target[keep], keep.sum(dim=1)
 
 
 def ctc_labels(target: torch.Tensor, padding_idx: int, eos_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """[B, S] targets -> ([B, U] labels without </s> and padding, left-aligned, padded with padding_idx;
     [B] their lengths U_b)."""
-    keep = target.ne(padding_idx) & target.ne(eos_idx)
+    keep = _ctc_keep(target, padding_idx, eos_idx)
     lengths = keep.sum(dim=1)
     out = target.new_full((target.size(0), int(lengths.max()) if target.numel() else 0), padding_idx)
     out[torch.arange(out.size(1), device=target.device)[None, :] < lengths[:, None]] = target[keep]
@@ -56,7 +61,7 @@ def ctc_labels(target: torch.Tensor, padding_idx: int, eos_idx: int) -> Tuple[to
 
 def ctc_required_frames(target: torch.Tensor, padding_idx: int, eos_idx: int) -> torch.Tensor:
     """[B, S] targets -> [B] fewest frames CTC needs: labels + repeated neighbours (a blank each)."""
-    keep = target.ne(padding_idx) & target.ne(eos_idx)
+    keep = _ctc_keep(target, padding_idx, eos_idx)
     repeats = (target[:, 1:] == target[:, :-1]) & keep[:, 1:] & keep[:, :-1]
     return keep.sum(dim=1) + repeats.sum(dim=1)
 
