@@ -105,7 +105,7 @@ def reference_words(text: str, wav: np.ndarray, rate: int, events, db: float, su
         if a is None:
             out.append(None)
             continue
-        b = min(x for x in bounds if x > a) if any(x > a for x in bounds) else n * sub
+        b = min([x for x in bounds if x > a], default=n * sub)
         idx = np.nonzero(loud[a // sub: max(a // sub + 1, b // sub)])[0]
         out.append(None if idx.size == 0 else ((a // sub + idx[0]) * sub / rate, (a // sub + idx[-1] + 1) * sub / rate))
     return out
@@ -124,6 +124,7 @@ def main(argv=None) -> None:
 
     import soundfile as sf
     import torch
+    from tqdm import tqdm
 
     from fairseq_hkd.data.manifest import read_manifest
     from fairseq_hkd.generation.plot import encoder_frame_centres
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
         err = {m: ([], [], []) for m in methods}  # start, end errors of every word; end errors of last words
         confidence = []  # (word probability, word right) of every decoded word
         scored = mismatched = wrong = 0
-        for e in entries:
+        for e in tqdm(entries, desc=split, unit="utt"):
             s = synth[e.id]
             wav, rate, events = espeak.synth(s["text"], s["voice"], int(s["speed"]), int(s["pitch"]))
             if abs(wav.shape[0] / rate - sf.info(e.audio).duration) > 0.6:  # read_manifest resolved the path
