@@ -207,11 +207,13 @@ class TranscriptionPipeline:
             start, length, r = st.done[k]
             t0 = start / SAMPLE_RATE
             times = [t0 + t for t in r.token_times]
-            spans = [(t0 + a, t0 + b) for a, b in r.token_spans] if r.token_spans is not None else [(t, t) for t in times]
-            words = [Word(text, spans[a][0], spans[b - 1][1], float(sum(r.token_scores[a:b]))) for text, a, b in r.words]
+            known = r.token_spans is not None
+            spans = [(t0 + a, t0 + b) for a, b in r.token_spans] if known else [(t, t) for t in times]
+            words = [Word(text, spans[a][0], spans[b - 1][1], float(sum(r.token_scores[a:b])))
+                     for text, a, b in r.words]
             end = t0 + min(length / SAMPLE_RATE, st.duration - t0)
             segments.append(Segment(t0, end, r.text, list(r.symbols), times, list(r.token_scores), r.score, words,
-                                    spans if r.token_spans is not None else []))
+                                    spans if known else []))
         results = [st.done[k][2] for k in sorted(st.done)]
         plot = results[0].plot if len(results) == 1 else None
         return Transcript(

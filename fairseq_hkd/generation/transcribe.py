@@ -61,8 +61,8 @@ from fairseq_hkd.generation.inputs import AudioItem, InputError, collect_inputs,
 from fairseq_hkd.generation.pipeline import Piece, PieceResult, PipelineConfig, TranscriptionPipeline
 from fairseq_hkd.generation.progress import Progress
 from fairseq_hkd.generation.results import FileError, Transcript, word_spans
-from fairseq_hkd.generation.token_spans import emitted_token_spans
 from fairseq_hkd.generation.segments import SegmenterConfig
+from fairseq_hkd.generation.token_spans import emitted_token_spans
 
 logger = logging.getLogger(__name__)
 

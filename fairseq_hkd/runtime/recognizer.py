@@ -55,6 +55,11 @@ class Decoded:
     cif_embeddings: Optional[np.ndarray] = None
     steps: Optional[List[int]] = None
 
+    @property
+    def emitted_steps(self) -> List[int]:
+        """The CIF step of each emitted token (``steps``, or one step per token when none was skipped)."""
+        return self.steps if self.steps is not None else list(range(len(self.symbols)))
+
 
 def session_options(threads: int = 1):
     """CPU session options: ``threads`` intra-op threads, sequential execution, all graph optimisations."""
@@ -275,12 +280,12 @@ class OnnxRecognizer:
         out = []
         for piece, dec in zip(pieces, self.decode_features([self.frontend.features(p.wav) for p in pieces])):
             duration = piece.wav.shape[0] / self.frontend.sample_rate
-            steps = dec.steps if dec.steps is not None else list(range(len(dec.symbols)))
             out.append(PieceResult(
                 text=dec.text, symbols=dec.symbols, token_times=self.token_times(dec, duration),
                 token_scores=dec.token_scores, score=dec.score, n_fires=dec.n_fires,
                 words=[(decode_units(self.unit, dec.symbols[a:e]), a, e) for a, e in word_spans(dec.symbols, self.unit)],
-                token_spans=emitted_token_spans(dec.alpha, len(dec.fires), steps, self.downsample, duration)))
+                token_spans=emitted_token_spans(dec.alpha, len(dec.fires), dec.emitted_steps, self.downsample,
+                                                duration)))
         return out
 
     def iter_transcribe(self, items, batch_size: int = 8, timestamps: bool = False, segmenter=None,
@@ -316,8 +321,8 @@ class OnnxRecognizer:
         (as ``fairseq-hkd-transcribe --timestamps``), clipped to [0, duration]."""
         from fairseq_hkd.generation.plot import encoder_frame_centres  # numpy only
 
-        steps = decoded.steps if decoded.steps is not None else list(range(len(decoded.symbols)))
-        centres = encoder_frame_centres(decoded.fires[np.asarray(steps, dtype=np.int64)], self.downsample)
+        steps = np.asarray(decoded.emitted_steps, dtype=np.int64)
+        centres = encoder_frame_centres(decoded.fires[steps], self.downsample)
         return [min(max(float(t), 0.0), duration) for t in centres]
 
 
