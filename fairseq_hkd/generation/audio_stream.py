@@ -11,7 +11,6 @@ samples) raise ``AudioError`` naming it.
 from __future__ import annotations
 
 import math
-import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -39,8 +38,6 @@ class AudioStream:
                  strict_sample_rate: bool = False, multichannel: str = "downmix"):
         self.path = path
         self.sample_rate = sample_rate
-        if not os.path.isfile(path):
-            raise AudioError(f"audio {path}: no such file")
         try:
             info = sf.info(path)
         except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError

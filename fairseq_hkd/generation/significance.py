@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["UtteranceErrors", "read_generate", "paired_bootstrap", "BootstrapResult", "cli_main"]
+__all__ = ["UtteranceErrors", "read_generate", "paired_bootstrap", "BootstrapResult", "t_interval", "cli_main"]
 
 _WER_LINE = re.compile(r"WER: ([0-9.]+)")
 
@@ -116,17 +116,20 @@ class BootstrapResult:
 
     def seed_t_interval(self, level: float = 0.95) -> Optional[Tuple[float, float, float, float]]:
         """(mean, low, high, two-sided p) of a t interval over the per-seed differences; None below 3 seeds."""
-        d = np.asarray(self.per_seed, dtype=np.float64)
-        if d.size < 3:
-            return None
-        from scipy.stats import t as student_t
+        return t_interval(self.per_seed, level) if len(self.per_seed) >= 3 else None
 
-        mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
-        if se == 0.0:
-            return mean, mean, mean, 0.0 if mean != 0.0 else 1.0
-        q = float(student_t.ppf(0.5 + level / 2, d.size - 1))
-        p = float(2 * student_t.sf(abs(mean) / se, d.size - 1))
-        return mean, mean - q * se, mean + q * se, p
+
+def t_interval(differences: Sequence[float], level: float = 0.95) -> Tuple[float, float, float, float]:
+    """(mean, low, high, two-sided p): Student's t interval of the mean of >= 2 paired differences."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(differences, dtype=np.float64)
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+    if se == 0.0:
+        return mean, mean, mean, 0.0 if mean != 0.0 else 1.0
+    q = float(student_t.ppf(0.5 + level / 2, d.size - 1))
+    p = float(2 * student_t.sf(abs(mean) / se, d.size - 1))
+    return mean, mean - q * se, mean + q * se, p
 
 
 def _stack(runs: Sequence[UtteranceErrors], ids: List[str]) -> np.ndarray:

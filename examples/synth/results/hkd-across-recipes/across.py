@@ -11,8 +11,7 @@ ec72c93 (the same recipe, its arithmetic equal up to float32 rounding).
 import re
 from pathlib import Path
 
-import numpy as np
-from scipy.stats import t as student_t
+from fairseq_hkd.generation.significance import t_interval
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent
@@ -35,13 +34,6 @@ def pairs(folder: str):
     for cif in sorted((RESULTS / folder).glob("cif-s*.txt"), key=lambda p: int(re.search(r"s(\d+)", p.name).group(1))):
         if re.fullmatch(r"cif-s\d+\.txt", cif.name) and (cif.parent / cif.name.replace("cif", "hkd")).exists():
             yield wers(cif), wers(cif.parent / cif.name.replace("cif", "hkd"))
-
-
-def t_interval(d):
-    d = np.asarray(d)
-    mean, se = d.mean(), d.std(ddof=1) / np.sqrt(d.size)
-    q = student_t.ppf(0.975, d.size - 1)
-    return mean, mean - q * se, mean + q * se, 2 * student_t.sf(abs(mean) / se, d.size - 1)
 
 
 def cell(d):
