@@ -1,0 +1,156 @@
+"""Split the unseen-voice errors into those the same model also makes on the sentence read by a known voice, and
+those it makes only with the unseen voice; compare two systems on each part over paired seeds.
+
+The synthesized corpus reads the same sentences twice: heldout by training voices, dev by unseen voices (utterance
+i of each split is sentence i). For each model and sentence, every reference word's errors are placed on it by a
+Levenshtein alignment (a substitution or deletion on the word, an insertion on the word after it, or on the last
+word at the end). A dev error is *shared* where the same model's heldout hypothesis has an error on the same
+reference word, and *voice-only* where it has none; dev WER = shared + voice-only (% of the reference words). The
+same split of heldout's errors tells which of them the unseen voice keeps. With ``--data`` the WER of dev and test
+is also given per accent of the unseen voices (the manifest's speaker ``accent+variant``).
+
+Usage:
+    python scripts/error_sources.py --names CIF HKD \\
+        --baseline R/cif-s{1..11} R2/cif-s{1,2,3} --system R/hkd-s{1..11} R2/hkd-s{1,2,3} \
+        --data data/synth6k-wide-r2
+
+Each PREFIX names PREFIX.generate-heldout.txt and PREFIX.generate-dev.txt (fairseq-generate output: T-/D- lines),
+baseline and system paired by position. Prints each part's mean over seeds per system and system - baseline with
+a t interval over the paired seeds (generation/significance.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import editdistance
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fairseq_hkd.generation.significance import t_interval  # noqa: E402
+
+
+def error_positions(ref: Sequence[str], hyp: Sequence[str]) -> np.ndarray:
+    """[len(ref)] errors placed on each reference word by one minimum-edit alignment: a substitution or deletion
+    on its word, an insertion on the reference word after it (the last word for insertions at the end)."""
+    n, m = len(ref), len(hyp)
+    d = np.zeros((n + 1, m + 1), dtype=np.int64)
+    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    out = np.zeros(max(n, 1), dtype=np.int64)
+    i, j = n, m
+    while i > 0 or j > 0:
+        if i > 0 and j > 0 and d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
+            out[i - 1] += ref[i - 1] != hyp[j - 1]
+            i, j = i - 1, j - 1
+        elif i > 0 and d[i, j] == d[i - 1, j] + 1:  # deletion of ref word i - 1
+            out[i - 1] += 1
+            i -= 1
+        else:  # insertion of hyp word j - 1, before ref word i (after the last: on the last)
+            out[min(i, n - 1) if n else 0] += 1
+            j -= 1
+    return out[:n] if n else out[:0]
+
+
+def read_texts(path: str) -> Dict[str, Tuple[List[str], List[str]]]:
+    """fairseq-generate output -> {utterance index: (reference words, hypothesis words)} from its T-/D- lines."""
+    refs, hyps = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, rest = line.rstrip("\n").partition("\t")
+            if key.startswith("T-"):
+                refs[key[2:]] = rest.split()
+            elif key.startswith("D-"):
+                hyps[key[2:]] = rest.partition("\t")[2].split()
+    if not refs or sorted(refs) != sorted(hyps):
+        raise SystemExit(f"{path}: not a fairseq-generate file with a D- line for every T- line")
+    return {i: (refs[i], hyps[i]) for i in refs}
+
+
+def parts(prefix: str) -> Dict[str, float]:
+    """One model's dev and heldout errors split into shared and voice-only / sentence-only, % of the words."""
+    held, dev = (read_texts(f"{prefix}.generate-{s}.txt") for s in ("heldout", "dev"))
+    if sorted(held) != sorted(dev):
+        raise SystemExit(f"{prefix}: heldout and dev have different utterance indices")
+    words = shared_dev = voice_only = shared_held = held_only = 0
+    for i in held:
+        (r_h, h_h), (r_d, h_d) = held[i], dev[i]
+        if r_h != r_d:
+            raise SystemExit(f"{prefix}: utterance {i} has another sentence on heldout than on dev: {r_h!r} / {r_d!r}")
+        e_h, e_d = error_positions(r_h, h_h), error_positions(r_d, h_d)
+        assert e_h.sum() == editdistance.eval(r_h, h_h) and e_d.sum() == editdistance.eval(r_d, h_d), (prefix, i)
+        words += len(r_h)
+        shared_dev += int(e_d[e_h > 0].sum())
+        voice_only += int(e_d[e_h == 0].sum())
+        shared_held += int(e_h[e_d > 0].sum())
+        held_only += int(e_h[e_d == 0].sum())
+    pct = lambda x: 100.0 * x / words  # noqa: E731
+    return {"dev WER": pct(shared_dev + voice_only), "dev: shared": pct(shared_dev), "dev: voice-only": pct(voice_only),
+            "heldout WER": pct(shared_held + held_only), "heldout: shared": pct(shared_held),
+            "heldout: known voice only": pct(held_only)}
+
+
+def accent_wers(prefix: str, split: str, accents: List[str]) -> Dict[str, float]:
+    """WER % of one decoding per accent: ``accents`` [N] the accent of utterance i of the split."""
+    errors: Dict[str, int] = {}
+    words: Dict[str, int] = {}
+    for i, (ref, hyp) in read_texts(f"{prefix}.generate-{split}.txt").items():
+        a = accents[int(i)]
+        errors[a] = errors.get(a, 0) + editdistance.eval(ref, hyp)
+        words[a] = words.get(a, 0) + len(ref)
+    return {a: 100.0 * errors[a] / words[a] for a in sorted(words)}
+
+
+def manifest_accents(data: str, split: str) -> List[str]:
+    """The accent (speaker up to ``+``) of each utterance of DATA/SPLIT.tsv, in order."""
+    with open(Path(data) / f"{split}.tsv", encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if "speaker" not in header:
+            raise SystemExit(f"{data}/{split}.tsv has no speaker column")
+        col = header.index("speaker")
+        return [line.rstrip("\n").split("\t")[col].split("+")[0] for line in f]
+
+
+def print_row(key: str, x: np.ndarray, y: np.ndarray) -> None:
+    diff = y - x
+    mean, lo, hi, pval = t_interval(diff)
+    print(f"| {key} | {x.mean():.2f} +- {x.std(ddof=1):.2f} | {y.mean():.2f} +- {y.std(ddof=1):.2f} | "
+          f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}], p {pval:.2f} | {int((diff < 0).sum())} of {len(diff)} |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", nargs="+", required=True, help="PREFIX per seed (PREFIX.generate-{heldout,dev}.txt)")
+    p.add_argument("--system", nargs="+", required=True, help="PREFIX per seed, paired with --baseline by position")
+    p.add_argument("--names", nargs=2, default=["baseline", "system"])
+    p.add_argument("--data", help="the corpus folder: also dev and test WER per accent of the unseen voices")
+    args = p.parse_args(argv)
+    if len(args.baseline) != len(args.system):
+        p.error(f"--baseline has {len(args.baseline)} prefixes and --system {len(args.system)}: pair them by seed")
+    base = [parts(x) for x in args.baseline]
+    syst = [parts(x) for x in args.system]
+    a, b = args.names
+    print(f"{len(base)} paired seeds; % of the reference words; dev = heldout's sentences read by unseen voices")
+    print(f"| part | {a} | {b} | {b} - {a}: mean [95 % t interval], p | {b} lower in |")
+    print("|---|---|---|---|---|")
+    for key in base[0]:
+        print_row(key, np.array([r[key] for r in base]), np.array([r[key] for r in syst]))
+    if args.data:
+        print(f"\nWER % per accent (speaker before '+'), {len(base)} paired seeds")
+        print(f"| split, accent | {a} | {b} | {b} - {a}: mean [95 % t interval], p | {b} lower in |")
+        print("|---|---|---|---|---|")
+        for split in ("dev", "test"):
+            accents = manifest_accents(args.data, split)
+            x = [accent_wers(pre, split, accents) for pre in args.baseline]
+            y = [accent_wers(pre, split, accents) for pre in args.system]
+            for acc in x[0]:
+                print_row(f"{split}, {acc}", np.array([r[acc] for r in x]), np.array([r[acc] for r in y]))
+
+
+if __name__ == "__main__":
+    main()
