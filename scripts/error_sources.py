@@ -119,8 +119,9 @@ def manifest_accents(data: str, split: str) -> List[str]:
 def print_row(key: str, x: np.ndarray, y: np.ndarray) -> None:
     diff = y - x
     mean, lo, hi, pval = t_interval(diff)
+    p_text = "p < 0.001" if pval < 0.001 else f"p {pval:.3f}"
     print(f"| {key} | {x.mean():.2f} +- {x.std(ddof=1):.2f} | {y.mean():.2f} +- {y.std(ddof=1):.2f} | "
-          f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}], p {pval:.2f} | {int((diff < 0).sum())} of {len(diff)} |")
+          f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}], {p_text} | {int((diff < 0).sum())} of {len(diff)} |")
 
 
 def main(argv=None) -> None:
