@@ -34,6 +34,7 @@ from fairseq_hkd.data.edge_silence import MAX_FRAMES as EDGE_SILENCE_MAX_FRAMES
 from fairseq_hkd.data.edge_silence import EdgeSilenceConfig, pad_edges_batch, silence_bank
 from fairseq_hkd.data.sentence_joins import JoinConfig, join_batch
 from fairseq_hkd.data.tempo import TempoConfig, tempo_batch
+from fairseq_hkd.data.vtlp import VtlpConfig, vtlp_batch
 from fairseq_hkd.data.noise import NoiseConfig, add_noise_batch, bank_power, noise_bank, noise_recordings
 from fairseq_hkd.data.time_shift import TimeShiftedFeatures
 from fairseq_hkd.data.feature_store import FeatureStore
@@ -125,6 +126,14 @@ class CifAsrConfig(FairseqDataclass):
     )
     tempo_max: float = field(default=1.0, metadata={"help": "tempo perturbation: the largest factor (> 1 = faster)"})
     tempo_prob: float = field(default=1.0, metadata={"help": "tempo perturbation: probability per utterance"})
+    # vocal tract length perturbation (training updates only; data/vtlp.py) -----------------------
+    vtlp_min: float = field(
+        default=1.0, metadata={"help": "VTLP: each training utterance's frequency axis is warped by a factor "
+                                       "U(min, max) (formants move by it; 1 1 = off, e.g. 0.9 1.1; needs --cmvn "
+                                       "global or none)"}
+    )
+    vtlp_max: float = field(default=1.0, metadata={"help": "VTLP: the largest factor (> 1 = a shorter vocal tract)"})
+    vtlp_prob: float = field(default=1.0, metadata={"help": "VTLP: probability per utterance"})
     # additive noise (training updates only; data/noise.py) --------------------------------------
     noise_prob: float = field(
         default=0.0, metadata={"help": "noise augmentation: probability that a training utterance is heard through "
@@ -294,6 +303,12 @@ class CifAsrTask(FairseqTask):
         tempo = TempoConfig(cfg.tempo_min, cfg.tempo_max, cfg.tempo_prob)
         tempo.check()
         self.tempo: Optional[TempoConfig] = tempo if tempo.enabled() else None
+        vtlp = VtlpConfig(cfg.vtlp_min, cfg.vtlp_max, cfg.vtlp_prob)
+        vtlp.check()
+        self.vtlp: Optional[VtlpConfig] = vtlp if vtlp.enabled() else None
+        if self.vtlp is not None and cfg.cmvn == "utterance":
+            raise UserError("--vtlp-min/--vtlp-max need frame-wise normalisation: use --cmvn global or --cmvn none")
+        self._raw_cmvn = None  # (CMVN mean, CMVN std) that VTLP undoes and redoes, read at the first warped batch
         noise = NoiseConfig(cfg.noise_prob, cfg.noise_snr_min, cfg.noise_snr_max)
         noise.check()
         self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
@@ -511,15 +526,15 @@ class CifAsrTask(FairseqTask):
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self._use_bf16)
 
     def augment(self, sample, update_num: int):
-        """``sample`` with sentence joins (``--join-prob``), tempo perturbation (``--tempo-min/max``), edge
-        silence (``--edge-silence-*``), noise (``--noise-prob``) and then SpecAugment applied to
+        """``sample`` with sentence joins (``--join-prob``), tempo perturbation (``--tempo-min/max``), VTLP
+        (``--vtlp-min/max``), edge silence (``--edge-silence-*``), noise (``--noise-prob``) and then SpecAugment applied to
         ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the input is not modified). Utterance b's draws come from (seed,
         update_num, sample["id"][b]) and cover only its ``src_lengths[b]`` frames: they do not depend on
         batching, on the process (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ
         between updates. A batch's join draw comes from (seed, update_num, its first id); a joined row
         draws as its first utterance."""
         if (self.specaugment is None and self.edge_silence is None and self.tempo is None and self.noise is None
-                and not self.joins.enabled()) or not sample or "net_input" not in sample:
+                and self.vtlp is None and not self.joins.enabled()) or not sample or "net_input" not in sample:
             return sample
         if self._silence_bank is None and (self.edge_silence is not None or self.joins.enabled()):
             self._silence_bank = silence_bank(self._build_cmvn())
@@ -533,6 +548,12 @@ class CifAsrTask(FairseqTask):
             seeds = [(self.cfg.seed, int(update_num), i, 3) for i in ids]
             src, lengths, _ = tempo_batch(src, lengths, self.tempo, seeds, sample.get("target_lengths"),
                                           self.encoder_output_lengths)
+        if self.vtlp is not None:
+            if self._raw_cmvn is None:
+                cmvn = self._build_cmvn()  # global or none
+                self._raw_cmvn = getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+            seeds = [(self.cfg.seed, int(update_num), i, 5) for i in ids]
+            src, _ = vtlp_batch(src, lengths, self.vtlp, seeds, *self._raw_cmvn)
         if self.edge_silence is not None:
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
