@@ -1,22 +1,23 @@
-"""Split the unseen-voice errors into those the same model also makes on the sentence read by a known voice, and
-those it makes only with the unseen voice; compare two systems on each part over paired seeds.
+"""Split a model's errors on two readings of the same sentences into those both readings have and those of one
+reading only; compare two systems on each part over paired seeds.
 
-The synthesized corpus reads the same sentences twice: heldout by training voices, dev by unseen voices (utterance
-i of each split is sentence i). For each model and sentence, every reference word's errors are placed on it by a
-Levenshtein alignment (a substitution or deletion on the word, an insertion on the word after it, or on the last
-word at the end). A dev error is *shared* where the same model's heldout hypothesis has an error on the same
-reference word, and *voice-only* where it has none; dev WER = shared + voice-only (% of the reference words). The
-same split of heldout's errors tells which of them the unseen voice keeps. With ``--data`` the WER of dev and test
-is also given per accent of the unseen voices (the manifest's speaker ``accent+variant``).
+The synthesized corpus reads heldout's sentences again in other splits: dev by unseen voices of unseen accents,
+and ``dev-known-accents`` (``scripts/reread_split.py``) by the same unseen voice variants in the training accents;
+utterance i of each is sentence i. For each model and sentence, every reference word's errors are placed on it by
+a Levenshtein alignment (a substitution or deletion on the word, an insertion on the word after it, or on the
+last word at the end). An error of one split is *shared* where the same model's hypothesis of the other split
+errs on the same reference word, and the split's *own* where it does not; WER = shared + own (% of the reference
+words). With ``--data`` the WER of ``--accent-splits`` is also given per accent (the manifest's speaker
+``accent+variant``).
 
 Usage:
     python scripts/error_sources.py --names CIF HKD \\
-        --baseline R/cif-s{1..11} R2/cif-s{1,2,3} --system R/hkd-s{1..11} R2/hkd-s{1,2,3} \
-        --data data/synth6k-wide-r2
+        --baseline R/cif-s{1..11} R2/cif-s{1,2,3} --system R/hkd-s{1..11} R2/hkd-s{1,2,3} \\
+        --splits heldout dev --data data/synth6k-wide-r2
 
-Each PREFIX names PREFIX.generate-heldout.txt and PREFIX.generate-dev.txt (fairseq-generate output: T-/D- lines),
-baseline and system paired by position. Prints each part's mean over seeds per system and system - baseline with
-a t interval over the paired seeds (generation/significance.py).
+Each PREFIX names PREFIX.generate-SPLIT.txt for both ``--splits`` (fairseq-generate output: T-/D- lines), baseline
+and system paired by position. Prints each part's mean over seeds per system and system - baseline with a t
+interval over the paired seeds (generation/significance.py).
 """
 from __future__ import annotations
 
@@ -72,27 +73,28 @@ def read_texts(path: str) -> Dict[str, Tuple[List[str], List[str]]]:
     return {i: (refs[i], hyps[i]) for i in refs}
 
 
-def parts(prefix: str) -> Dict[str, float]:
-    """One model's dev and heldout errors split into shared and voice-only / sentence-only, % of the words."""
-    held, dev = (read_texts(f"{prefix}.generate-{s}.txt") for s in ("heldout", "dev"))
-    if sorted(held) != sorted(dev):
-        raise SystemExit(f"{prefix}: heldout and dev have different utterance indices")
-    words = shared_dev = voice_only = shared_held = held_only = 0
-    for i in held:
-        (r_h, h_h), (r_d, h_d) = held[i], dev[i]
-        if r_h != r_d:
-            raise SystemExit(f"{prefix}: utterance {i} has another sentence on heldout than on dev: {r_h!r} / {r_d!r}")
-        e_h, e_d = error_positions(r_h, h_h), error_positions(r_d, h_d)
-        assert e_h.sum() == editdistance.eval(r_h, h_h) and e_d.sum() == editdistance.eval(r_d, h_d), (prefix, i)
-        words += len(r_h)
-        shared_dev += int(e_d[e_h > 0].sum())
-        voice_only += int(e_d[e_h == 0].sum())
-        shared_held += int(e_h[e_d > 0].sum())
-        held_only += int(e_h[e_d == 0].sum())
+def parts(prefix: str, first: str = "heldout", second: str = "dev") -> Dict[str, float]:
+    """One model's errors on two splits that read the same sentences, each split into the errors the other
+    split's hypothesis has on the same reference word (*shared*) and the rest (*own*), % of the words."""
+    a, b = (read_texts(f"{prefix}.generate-{s}.txt") for s in (first, second))
+    if sorted(a) != sorted(b):
+        raise SystemExit(f"{prefix}: {first} and {second} have different utterance indices")
+    words = shared_a = own_a = shared_b = own_b = 0
+    for i in a:
+        (r_a, h_a), (r_b, h_b) = a[i], b[i]
+        if r_a != r_b:
+            raise SystemExit(f"{prefix}: utterance {i} has another sentence on {first} than on {second}: "
+                             f"{' '.join(r_a)!r} / {' '.join(r_b)!r}")
+        e_a, e_b = error_positions(r_a, h_a), error_positions(r_b, h_b)
+        assert e_a.sum() == editdistance.eval(r_a, h_a) and e_b.sum() == editdistance.eval(r_b, h_b), (prefix, i)
+        words += len(r_a)
+        shared_a += int(e_a[e_b > 0].sum())
+        own_a += int(e_a[e_b == 0].sum())
+        shared_b += int(e_b[e_a > 0].sum())
+        own_b += int(e_b[e_a == 0].sum())
     pct = lambda x: 100.0 * x / words  # noqa: E731
-    return {"dev WER": pct(shared_dev + voice_only), "dev: shared": pct(shared_dev), "dev: voice-only": pct(voice_only),
-            "heldout WER": pct(shared_held + held_only), "heldout: shared": pct(shared_held),
-            "heldout: known voice only": pct(held_only)}
+    return {f"{first} WER": pct(shared_a + own_a), f"{first}: shared": pct(shared_a), f"{first}: own": pct(own_a),
+            f"{second} WER": pct(shared_b + own_b), f"{second}: shared": pct(shared_b), f"{second}: own": pct(own_b)}
 
 
 def accent_wers(prefix: str, split: str, accents: List[str]) -> Dict[str, float]:
@@ -129,14 +131,18 @@ def main(argv=None) -> None:
     p.add_argument("--baseline", nargs="+", required=True, help="PREFIX per seed (PREFIX.generate-{heldout,dev}.txt)")
     p.add_argument("--system", nargs="+", required=True, help="PREFIX per seed, paired with --baseline by position")
     p.add_argument("--names", nargs=2, default=["baseline", "system"])
-    p.add_argument("--data", help="the corpus folder: also dev and test WER per accent of the unseen voices")
+    p.add_argument("--splits", nargs=2, default=["heldout", "dev"], metavar=("FIRST", "SECOND"),
+                   help="two splits that read the same sentences (utterance i of each is sentence i)")
+    p.add_argument("--data", help="the corpus folder: also the WER per accent of --accent-splits")
+    p.add_argument("--accent-splits", nargs="+", default=["dev", "test"])
     args = p.parse_args(argv)
     if len(args.baseline) != len(args.system):
         p.error(f"--baseline has {len(args.baseline)} prefixes and --system {len(args.system)}: pair them by seed")
-    base = [parts(x) for x in args.baseline]
-    syst = [parts(x) for x in args.system]
+    base = [parts(x, *args.splits) for x in args.baseline]
+    syst = [parts(x, *args.splits) for x in args.system]
     a, b = args.names
-    print(f"{len(base)} paired seeds; % of the reference words; dev = heldout's sentences read by unseen voices")
+    print(f"{len(base)} paired seeds; % of the reference words; {args.splits[0]} and {args.splits[1]} read the same "
+          "sentences; shared: errors the other split's hypothesis has on the same reference word, own: the rest")
     print(f"| part | {a} | {b} | {b} - {a}: mean [95 % t interval], p | {b} lower in |")
     print("|---|---|---|---|---|")
     for key in base[0]:
@@ -145,7 +151,7 @@ def main(argv=None) -> None:
         print(f"\nWER % per accent (speaker before '+'), {len(base)} paired seeds")
         print(f"| split, accent | {a} | {b} | {b} - {a}: mean [95 % t interval], p | {b} lower in |")
         print("|---|---|---|---|---|")
-        for split in ("dev", "test"):
+        for split in args.accent_splits:
             accents = manifest_accents(args.data, split)
             x = [accent_wers(pre, split, accents) for pre in args.baseline]
             y = [accent_wers(pre, split, accents) for pre in args.system]

@@ -1,5 +1,5 @@
 """scripts/error_sources.py: errors placed on reference words (by hand, and their sum against editdistance),
-the split of dev errors into shared and voice-only on a two-sentence case computed by hand."""
+the split of two readings' errors into shared and own on a two-sentence case computed by hand."""
 import importlib.util
 import os
 import random
@@ -42,17 +42,17 @@ def write_generate(path, pairs):
 
 
 def test_parts_by_hand(tmp_path):
-    # sentence 0 (4 words): heldout wrong on "b", dev wrong on "b" and "d": 1 shared, 1 voice-only
-    # sentence 1 (2 words): heldout wrong on "x", dev right: heldout's error is known-voice-only
+    # sentence 0 (4 words): heldout wrong on "b", dev wrong on "b" and "d": 1 shared, 1 its own
+    # sentence 1 (2 words): heldout wrong on "x", dev right: heldout's error is its own
     prefix = str(tmp_path / "m")
     write_generate(prefix + ".generate-heldout.txt", [("a b c d", "a q c d"), ("x y", "z y")])
     write_generate(prefix + ".generate-dev.txt", [("a b c d", "a r c"), ("x y", "x y")])
-    got = sources.parts(prefix)
+    got = sources.parts(prefix, "heldout", "dev")
     assert got["dev WER"] == pytest.approx(100 * 2 / 6)
     assert got["dev: shared"] == pytest.approx(100 * 1 / 6)
-    assert got["dev: voice-only"] == pytest.approx(100 * 1 / 6)
+    assert got["dev: own"] == pytest.approx(100 * 1 / 6)
     assert got["heldout: shared"] == pytest.approx(100 * 1 / 6)
-    assert got["heldout: known voice only"] == pytest.approx(100 * 1 / 6)
+    assert got["heldout: own"] == pytest.approx(100 * 1 / 6)
 
 
 def test_other_sentences_are_refused(tmp_path):
@@ -73,3 +73,21 @@ def test_accent_wers(tmp_path):
     got = sources.accent_wers(prefix, "dev", accents)
     assert got == {"en-x": pytest.approx(100 * 3 / 4), "en-y": 0.0}
     assert np.isfinite(list(got.values())).all()
+
+
+def test_reread_split_keeps_all_but_the_accent():
+    spec = importlib.util.spec_from_file_location(
+        "reread_split", os.path.join(os.path.dirname(__file__), "..", "scripts", "reread_split.py"))
+    reread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reread)
+    rows = [dict(id="dev_00000", split="dev", voice="en-us-nyc+m8", speed="150", pitch="40", source="bible", text="a b"),
+            dict(id="heldout_00000", split="heldout", voice="en-us+m1", speed="170", pitch="50", source="x", text="a b"),
+            dict(id="dev_00001", split="dev", voice="en-gb-x-rp+Annie", speed="190", pitch="60", source="y", text="c")]
+    utts = reread.plan(rows, "dev", "dka", ["en-us", "en-gb"], seed=0)
+    assert [u.id for u in utts] == ["dka_00000", "dka_00001"] and {u.split for u in utts} == {"dka"}
+    assert [(u.text, u.source, u.speed, u.pitch) for u in utts] == [("a b", "bible", 150, 40), ("c", "y", 190, 60)]
+    assert [u.voice.split("+")[1] for u in utts] == ["m8", "Annie"]
+    assert all(u.voice.split("+")[0] in ("en-us", "en-gb") for u in utts)
+    assert utts == reread.plan(rows, "dev", "dka", ["en-us", "en-gb"], seed=0)  # seeded
+    with pytest.raises(SystemExit, match="no utterance of split"):
+        reread.plan(rows, "test", "dka", ["en-us"], seed=0)
