@@ -97,6 +97,12 @@ def parts(prefix: str, first: str = "heldout", second: str = "dev") -> Dict[str,
             f"{second} WER": pct(shared_b + own_b), f"{second}: shared": pct(shared_b), f"{second}: own": pct(own_b)}
 
 
+def split_wer(prefix: str, split: str) -> float:
+    """WER % of one decoding."""
+    texts = read_texts(f"{prefix}.generate-{split}.txt").values()
+    return 100.0 * sum(editdistance.eval(r, h) for r, h in texts) / sum(len(r) for r, _ in texts)
+
+
 def accent_wers(prefix: str, split: str, accents: List[str]) -> Dict[str, float]:
     """WER % of one decoding per accent: ``accents`` [N] the accent of utterance i of the split."""
     errors: Dict[str, int] = {}
@@ -135,6 +141,9 @@ def main(argv=None) -> None:
                    help="two splits that read the same sentences (utterance i of each is sentence i)")
     p.add_argument("--data", help="the corpus folder: also the WER per accent of --accent-splits")
     p.add_argument("--accent-splits", nargs="+", default=["dev", "test"])
+    p.add_argument("--pool", nargs="+", action="append", default=[], metavar="SPLIT",
+                   help="also the per-seed mean of the WERs of these splits (repeat for more pools; two pools: "
+                        "also the first minus the second)")
     args = p.parse_args(argv)
     if len(args.baseline) != len(args.system):
         p.error(f"--baseline has {len(args.baseline)} prefixes and --system {len(args.system)}: pair them by seed")
@@ -147,6 +156,15 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|")
     for key in base[0]:
         print_row(key, np.array([r[key] for r in base]), np.array([r[key] for r in syst]))
+    pooled = []
+    for pool in args.pool:
+        x = np.array([np.mean([split_wer(pre, sp) for sp in pool]) for pre in args.baseline])
+        y = np.array([np.mean([split_wer(pre, sp) for sp in pool]) for pre in args.system])
+        pooled.append(y - x)
+        print_row("mean WER of " + " and ".join(pool), x, y)
+    if len(pooled) == 2:
+        mean, lo, hi, pval = t_interval(pooled[0] - pooled[1])
+        print(f"{b} - {a} on the first pool minus on the second: {mean:+.2f} [{lo:+.2f}, {hi:+.2f}], p {pval:.3f}")
     if args.data:
         print(f"\nWER % per accent (speaker before '+'), {len(base)} paired seeds")
         print(f"| split, accent | {a} | {b} | {b} - {a}: mean [95 % t interval], p | {b} lower in |")

@@ -72,6 +72,7 @@ def test_accent_wers(tmp_path):
     assert accents == ["en-x", "en-y", "en-x"]
     got = sources.accent_wers(prefix, "dev", accents)
     assert got == {"en-x": pytest.approx(100 * 3 / 4), "en-y": 0.0}
+    assert sources.split_wer(prefix, "dev") == pytest.approx(100 * 3 / 7)
     assert np.isfinite(list(got.values())).all()
 
 
