@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# (run at 08e6b0c-era commits from /work/main; exp/ paths are that machine's) decode the 28 models of the demo's recipe (14 seeds x CIF/HKD) on dev-known-accents; copy the generate files
-# next to their heldout/dev ones in examples/synth/results
+# Run on 2026-12-06 from the repository root (the exp/ paths are that machine's checkpoints): decode the 28 models
+# of the demo's recipe (14 seeds x CIF/HKD) on dev-known-accents; copy the generate files next to their heldout/dev
+# ones in examples/synth/results
 set -u
 cd /work/main
 R=examples/synth/results
