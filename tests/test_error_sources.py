@@ -81,9 +81,11 @@ def test_reread_split_keeps_all_but_the_accent():
         "reread_split", os.path.join(os.path.dirname(__file__), "..", "scripts", "reread_split.py"))
     reread = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reread)
-    rows = [dict(id="dev_00000", split="dev", voice="en-us-nyc+m8", speed="150", pitch="40", source="bible", text="a b"),
-            dict(id="heldout_00000", split="heldout", voice="en-us+m1", speed="170", pitch="50", source="x", text="a b"),
-            dict(id="dev_00001", split="dev", voice="en-gb-x-rp+Annie", speed="190", pitch="60", source="y", text="c")]
+    row = lambda i, split, voice, speed, pitch, source, text: dict(  # noqa: E731
+        id=i, split=split, voice=voice, speed=speed, pitch=pitch, source=source, text=text)
+    rows = [row("dev_00000", "dev", "en-us-nyc+m8", "150", "40", "bible", "a b"),
+            row("heldout_00000", "heldout", "en-us+m1", "170", "50", "x", "a b"),
+            row("dev_00001", "dev", "en-gb-x-rp+Annie", "190", "60", "y", "c")]
     utts = reread.plan(rows, "dev", "dka", ["en-us", "en-gb"], seed=0)
     assert [u.id for u in utts] == ["dka_00000", "dka_00001"] and {u.split for u in utts} == {"dka"}
     assert [(u.text, u.source, u.speed, u.pitch) for u in utts] == [("a b", "bible", 150, 40), ("c", "y", 190, 60)]

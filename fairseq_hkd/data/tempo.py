@@ -25,24 +25,16 @@ seeded by the caller, so the factor does not depend on batching, process or resu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from fairseq_hkd.data.factor import FactorRange, draw_factor  # noqa: F401  (draw_factor: tempo's draws)
 from fairseq_hkd.errors import UserError
 
 
-@dataclass
-class TempoConfig:
-    min_factor: float = 1.0
-    max_factor: float = 1.0
-    prob: float = 1.0
-
-    def enabled(self) -> bool:
-        return self.prob > 0 and (self.min_factor != 1.0 or self.max_factor != 1.0)
-
+class TempoConfig(FactorRange):
     def check(self) -> None:
         if not 0 < self.min_factor <= self.max_factor:
             raise UserError(f"--tempo-min and --tempo-max must satisfy 0 < min <= max "
@@ -53,13 +45,6 @@ class TempoConfig:
     def frame_scale(self) -> float:
         """The most an utterance can grow: batching counts ``n * frame_scale`` frames."""
         return 1.0 / self.min_factor if self.enabled() and self.min_factor < 1 else 1.0
-
-
-def draw_factor(cfg: TempoConfig, rng: np.random.Generator) -> float:
-    """One utterance's factor: U(min, max) with probability ``prob``, else 1."""
-    if rng.random() >= cfg.prob:
-        return 1.0
-    return float(rng.uniform(cfg.min_factor, cfg.max_factor))
 
 
 def stretched_length(n: int, factor: float) -> int:

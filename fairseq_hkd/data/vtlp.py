@@ -32,28 +32,20 @@ batching, process or resumption.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from fairseq_hkd.data.audio import SAMPLE_RATE
+from fairseq_hkd.data.factor import FactorRange, draw_factor  # noqa: F401  (draw_factor: VTLP's draws)
 from fairseq_hkd.errors import UserError
 
 F_HI = 4800.0  # Hz: the boundary of the linear part at a = 1 (Jaitly & Hinton's choice at 16 kHz)
 LOW_FREQ = 20.0  # Hz: kaldi's (and kaldi-native-fbank's) lowest mel edge; the highest is nyq
 
 
-@dataclass
-class VtlpConfig:
-    min_factor: float = 1.0
-    max_factor: float = 1.0
-    prob: float = 1.0
-
-    def enabled(self) -> bool:
-        return self.prob > 0 and (self.min_factor != 1.0 or self.max_factor != 1.0)
-
+class VtlpConfig(FactorRange):
     def check(self) -> None:
         if not 0.5 <= self.min_factor <= self.max_factor <= 2.0:
             raise UserError(f"--vtlp-min and --vtlp-max must satisfy 0.5 <= min <= max <= 2 (got "
@@ -98,13 +90,6 @@ def warp(x: torch.Tensor, a: float, sample_rate: int = SAMPLE_RATE) -> torch.Ten
     w = (pos - lo.to(torch.float64)).to(device=x.device, dtype=x.dtype)
     lo = lo.to(x.device)
     return x[:, lo] * (1 - w) + x[:, lo + 1] * w
-
-
-def draw_factor(cfg: VtlpConfig, rng: np.random.Generator) -> float:
-    """One utterance's factor: U(min, max) with probability ``prob``, else 1."""
-    if rng.random() >= cfg.prob:
-        return 1.0
-    return float(rng.uniform(cfg.min_factor, cfg.max_factor))
 
 
 def vtlp_batch(src: torch.Tensor, lengths: torch.Tensor, cfg: VtlpConfig, seeds: Sequence[Sequence[int]],

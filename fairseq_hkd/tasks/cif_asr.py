@@ -527,8 +527,8 @@ class CifAsrTask(FairseqTask):
 
     def augment(self, sample, update_num: int):
         """``sample`` with sentence joins (``--join-prob``), tempo perturbation (``--tempo-min/max``), VTLP
-        (``--vtlp-min/max``), edge silence (``--edge-silence-*``), noise (``--noise-prob``) and then SpecAugment applied to
-        ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the input is not modified). Utterance b's draws come from (seed,
+        (``--vtlp-min/max``), edge silence (``--edge-silence-*``), noise (``--noise-prob``) and then SpecAugment
+        applied to ``net_input.src_tokens`` [B, T, F] and ``src_lengths`` (a new dict; the input is not modified). Utterance b's draws come from (seed,
         update_num, sample["id"][b]) and cover only its ``src_lengths[b]`` frames: they do not depend on
         batching, on the process (2 GPUs = --update-freq 2 on 1) or on where a run was resumed, and differ
         between updates. A batch's join draw comes from (seed, update_num, its first id); a joined row
