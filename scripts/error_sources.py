@@ -61,6 +61,8 @@ def error_positions(ref: Sequence[str], hyp: Sequence[str]) -> np.ndarray:
 def read_texts(path: str) -> Dict[str, Tuple[List[str], List[str]]]:
     """fairseq-generate output -> {utterance index: (reference words, hypothesis words)} from its T-/D- lines."""
     refs, hyps = {}, {}
+    if not Path(path).is_file():
+        raise SystemExit(f"{path} not found: decode the split first (examples/synth/decode.sh --subsets SPLIT)")
     with open(path, encoding="utf-8") as f:
         for line in f:
             key, _, rest = line.rstrip("\n").partition("\t")
@@ -134,7 +136,7 @@ def print_row(key: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--baseline", nargs="+", required=True, help="PREFIX per seed (PREFIX.generate-{heldout,dev}.txt)")
+    p.add_argument("--baseline", nargs="+", required=True, help="PREFIX per seed (PREFIX.generate-SPLIT.txt)")
     p.add_argument("--system", nargs="+", required=True, help="PREFIX per seed, paired with --baseline by position")
     p.add_argument("--names", nargs=2, default=["baseline", "system"])
     p.add_argument("--splits", nargs=2, default=["heldout", "dev"], metavar=("FIRST", "SECOND"),
@@ -147,6 +149,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if len(args.baseline) != len(args.system):
         p.error(f"--baseline has {len(args.baseline)} prefixes and --system {len(args.system)}: pair them by seed")
+    if len(args.baseline) < 2:
+        p.error("a t interval over seeds needs two or more pairs")
     base = [parts(x, *args.splits) for x in args.baseline]
     syst = [parts(x, *args.splits) for x in args.system]
     a, b = args.names

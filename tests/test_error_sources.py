@@ -94,3 +94,11 @@ def test_reread_split_keeps_all_but_the_accent():
     assert utts == reread.plan(rows, "dev", "dka", ["en-us", "en-gb"], seed=0)  # seeded
     with pytest.raises(SystemExit, match="no utterance of split"):
         reread.plan(rows, "test", "dka", ["en-us"], seed=0)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="not found: decode the split first"):
+        sources.parts(str(tmp_path / "missing"))
+    with pytest.raises(SystemExit):
+        sources.main(["--baseline", "a", "--system", "b"])
+    assert "two or more pairs" in capsys.readouterr().err
