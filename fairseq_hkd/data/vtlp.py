@@ -103,12 +103,13 @@ def vtlp_batch(src: torch.Tensor, lengths: torch.Tensor, cfg: VtlpConfig, seeds:
     factors = torch.ones(B, dtype=torch.float64)
     m = torch.zeros(F) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
     s = torch.ones(F) if std is None else torch.as_tensor(std, dtype=torch.float32)
+    m, s = m.to(src.device), s.to(src.device)  # the warp runs where the batch is
     for b in range(B):
         n = int(lengths[b])
         a = draw_factor(cfg, np.random.default_rng(list(seeds[b])))
         factors[b] = a
         if a == 1.0 or n == 0:
             continue
-        raw = src[b, :n].float().cpu() * s + m
-        out[b, :n] = ((warp(raw, a) - m) / s).to(device=src.device, dtype=src.dtype)
+        raw = src[b, :n].float() * s + m
+        out[b, :n] = ((warp(raw, a) - m) / s).to(src.dtype)
     return out, factors
