@@ -8,8 +8,8 @@ of their words wrong where the same model reads the same words right in a traini
 tract; warping the frequency axis of the training speech by a random factor (Jaitly & Hinton 2013, "Vocal Tract
 Length Perturbation (VTLP) improves speech recognition") shows the model more of them. Speed perturbation in
 Kaldi, ESPnet, WeNet and icefall recipes does the same to the spectrum together with the tempo (``data/tempo.py``
-does the tempo alone). Measured on the demo (U(0.9, 1.1), CIF, eight seeds, examples/synth/results/vtlp/): ahead
-of the recipe on every split on average (dev -0.66, heldout -0.27 WER points; fire count +1.8), no interval
+does the tempo alone). Measured on the demo (U(0.9, 1.1), CIF, nine seeds, examples/synth/results/vtlp/): ahead
+of the recipe on every split on average (dev -0.75, heldout -0.27 WER points; fire count +1.3), no interval
 excluding zero; an option, not in the demo.
 
 What: with probability ``prob`` utterance b gets a factor ``a ~ U(min, max)``; its warped spectrum at
