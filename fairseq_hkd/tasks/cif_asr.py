@@ -308,7 +308,7 @@ class CifAsrTask(FairseqTask):
         self.vtlp: Optional[VtlpConfig] = vtlp if vtlp.enabled() else None
         if self.vtlp is not None and cfg.cmvn == "utterance":
             raise UserError("--vtlp-min/--vtlp-max need frame-wise normalisation: use --cmvn global or --cmvn none")
-        self._raw_cmvn = None  # (CMVN mean, CMVN std) that VTLP undoes and redoes, read at the first warped batch
+        self._raw_cmvn = None  # (CMVN mean, CMVN std) that VTLP and noise undo and redo (raw_cmvn)
         noise = NoiseConfig(cfg.noise_prob, cfg.noise_snr_min, cfg.noise_snr_max)
         noise.check()
         self.noise: Optional[NoiseConfig] = noise if noise.enabled() else None
@@ -355,14 +355,21 @@ class CifAsrTask(FairseqTask):
         return split in self.cfg.train_subset.split(",")
 
     # data ----------------------------------------------------------------------------------------
+    def raw_cmvn(self):
+        """(mean, std) of the global CMVN, or (None, None) for --cmvn none, read once: what the augmentations
+        on raw log-mel frames (VTLP, noise) undo and redo around their change."""
+        if self._raw_cmvn is None:
+            cmvn = self._build_cmvn()
+            self._raw_cmvn = getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+        return self._raw_cmvn
+
     def noise_augmentation_bank(self):
         """(bank, its power, CMVN mean, CMVN std) of the noise augmentation, built once: the recordings of
         --noise-dir, else the synthetic colours (data/noise.py)."""
         if self._noise_bank is None:
-            cmvn = self._build_cmvn()  # undone and redone around the addition: global or none
             bank = (noise_recordings(self.cfg.noise_dir, self.cfg.noise_max_seconds) if self.cfg.noise_dir
                     else noise_bank())
-            self._noise_bank = bank, bank_power(bank), getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
+            self._noise_bank = (bank, bank_power(bank), *self.raw_cmvn())
         return self._noise_bank
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
@@ -549,11 +556,8 @@ class CifAsrTask(FairseqTask):
             src, lengths, _ = tempo_batch(src, lengths, self.tempo, seeds, sample.get("target_lengths"),
                                           self.encoder_output_lengths)
         if self.vtlp is not None:
-            if self._raw_cmvn is None:
-                cmvn = self._build_cmvn()  # global or none
-                self._raw_cmvn = getattr(cmvn, "mean", None), getattr(cmvn, "std", None)
             seeds = [(self.cfg.seed, int(update_num), i, 5) for i in ids]
-            src, _ = vtlp_batch(src, lengths, self.vtlp, seeds, *self._raw_cmvn)
+            src, _ = vtlp_batch(src, lengths, self.vtlp, seeds, *self.raw_cmvn())
         if self.edge_silence is not None:
             seeds = [(self.cfg.seed, int(update_num), i, 1) for i in ids]
             src, lengths = pad_edges_batch(src, lengths, self._silence_bank, self.edge_silence, seeds)
